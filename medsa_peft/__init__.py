@@ -1,0 +1,1 @@
+"""Med-SA (Medical SAM Adapter) as a PEFT method for transformers SamModel."""

@@ -1,0 +1,23 @@
+import os
+
+# Nothing in the test suite may reach the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest
+import torch
+
+from medsa_peft.testing import tiny_sam_config, tiny_sam_model
+
+
+@pytest.fixture
+def sam_config():
+    return tiny_sam_config()
+
+
+@pytest.fixture
+def sam():
+    """A tiny SamModel with real random weights, eval mode, fresh for every test."""
+    torch.manual_seed(0)
+    return tiny_sam_model()
