@@ -1,0 +1,19 @@
+"""Registration of the "MEDSA" type with PEFT.
+
+PEFT's `register_peft_method` only accepts names of its closed `PeftType` enum, so the type is written into
+PEFT's three lookup tables directly. `import medsa_peft` runs this; it must come before any
+`PeftConfig.from_pretrained` / `PeftModel.from_pretrained` of a Med-SA adapter, else PEFT fails with
+`KeyError: 'MEDSA'`.
+"""
+
+from peft import mapping
+
+from .config import MEDSA_PEFT_TYPE, MedSAConfig
+from .model import MedSAModel
+
+
+def register_medsa() -> None:
+    """Make PEFT know the "MEDSA" type (idempotent)."""
+    mapping.PEFT_TYPE_TO_CONFIG_MAPPING[MEDSA_PEFT_TYPE] = MedSAConfig
+    mapping.PEFT_TYPE_TO_TUNER_MAPPING[MEDSA_PEFT_TYPE] = MedSAModel
+    mapping.PEFT_TYPE_TO_PREFIX_MAPPING[MEDSA_PEFT_TYPE] = MedSAModel.prefix
