@@ -1,0 +1,224 @@
+"""Prompt simulation for SAM: clicks, boxes, jittered boxes and correction clicks from a 2D mask.
+
+Frame. Everything lives in the pixel frame of the (H, W) boolean mask given, with coordinates
+(x, y) = (column, row) as SAM expects them (the authors' code swaps them; we don't).
+
+- Clicks: a click on the pixel at row r, column c is the point (x, y) = (c, r). SAM's prompt
+  encoder adds 0.5, which puts it at the centre of that pixel. Clicks always lie on such pixels.
+- Boxes: pixel-edge convention. The pixel (r, c) covers [c, c + 1) x [r, r + 1), and the box of a
+  mask, (x0, y0, x1, y1) = (min c, min r, max c + 1, max r + 1), is the rectangle covering its
+  pixels exactly (as COCO and SA-1B boxes do). `box_iou` is the IoU of such rectangles, so a box
+  of a one-pixel object has area 1.
+- Resizing by s (e.g. s = 1024 / max(H, W)) scales both: (x * s, y * s). With a centre-aligned
+  nearest-neighbour resize of the mask (PIL NEAREST, torch "nearest-exact") and s >= 1, a scaled
+  click still falls on an object pixel: the pixel floor(x * s + 0.5), the one SAM reads.
+
+Empty regions. A prompt that must come from an empty region raises `EmptyMaskError` (a
+ValueError): k >= 1 positive clicks, a box or a jittered box of an empty mask; k >= 1 negative
+clicks of a mask without background; a correction click where the prediction equals the truth.
+Negative clicks of an empty mask are drawn anywhere in the image.
+
+Points and boxes are float32, labels int64, ready for `torch.from_numpy`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage
+
+# Jitter search: the box is moved along a random direction by t box sizes, t on this grid.
+_JITTER_MAX_STEP = 32.0
+_JITTER_GRID_POINTS = 513
+_JITTER_BISECTION_STEPS = 40
+_JITTER_DIRECTIONS = 100
+
+
+class EmptyMaskError(ValueError):
+    """The region a prompt has to come from holds no pixel."""
+
+
+def _check_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.dtype != bool:
+        raise ValueError(f"{name} must be a boolean array (H, W); got dtype {mask.dtype}, shape {mask.shape}")
+    return mask
+
+
+def _check_count(k: int, name: str) -> None:
+    if k < 0:
+        raise ValueError(f"{name} must be >= 0, got {k}")
+
+
+def _sample_pixels(region: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k pixels of `region` as (x, y) points, (k, 2); distinct while the region has k pixels."""
+    rows, cols = np.nonzero(region)
+    chosen = rng.choice(rows.size, size=k, replace=k > rows.size)
+    return np.stack([cols[chosen], rows[chosen]], axis=1).astype(np.float32)
+
+
+def positive_clicks(mask: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k clicks drawn uniformly from the object pixels of `mask` (H, W): (k, 2) float32 (x, y).
+
+    The clicks are distinct when the object has at least k pixels, else pixels repeat.
+    """
+    mask = _check_mask(mask)
+    _check_count(k, "k")
+    if k and not mask.any():
+        raise EmptyMaskError("mask has no object pixel: cannot place a positive click")
+    return _sample_pixels(mask, k, rng)
+
+
+def negative_clicks(mask: np.ndarray, k: int, rng: np.random.Generator, *, margin: float = 0.5) -> np.ndarray:
+    """k clicks on background pixels near the object of `mask` (H, W): (k, 2) float32 (x, y).
+
+    "Near" is the object's bounding box grown on each side by `margin` times its width (height),
+    at least one pixel, clipped to the image: its background pixels are drawn uniformly. That
+    region holds background whenever the image does, so clicks never fall back elsewhere. An
+    empty mask gives clicks anywhere; a mask without background raises EmptyMaskError.
+    """
+    mask = _check_mask(mask)
+    _check_count(k, "k")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    if not mask.any():
+        return _sample_pixels(np.ones_like(mask), k, rng)
+    x0, y0, x1, y1 = bounding_box(mask).astype(int)
+    grow_x = max(1, math.ceil(margin * (x1 - x0)))
+    grow_y = max(1, math.ceil(margin * (y1 - y0)))
+    surroundings = np.zeros_like(mask)
+    surroundings[max(0, y0 - grow_y) : y1 + grow_y, max(0, x0 - grow_x) : x1 + grow_x] = True
+    surroundings &= ~mask
+    if k and not surroundings.any():
+        raise EmptyMaskError("mask covers the whole image: no background pixel for a negative click")
+    return _sample_pixels(surroundings, k, rng)
+
+
+def click_prompt(
+    mask: np.ndarray, num_positive: int, num_negative: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positive then negative clicks: points (n, 2) float32 (x, y) and labels (n,) int64, 1 / 0."""
+    points = np.concatenate([positive_clicks(mask, num_positive, rng), negative_clicks(mask, num_negative, rng)])
+    labels = np.concatenate([np.ones(num_positive, np.int64), np.zeros(num_negative, np.int64)])
+    return points, labels
+
+
+def bounding_box(mask: np.ndarray) -> np.ndarray:
+    """The box (4,) float32 (x0, y0, x1, y1) covering the object pixels of `mask` (H, W).
+
+    Pixel-edge convention (module docstring): x1 = last object column + 1, y1 = last row + 1.
+    """
+    mask = _check_mask(mask)
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        raise EmptyMaskError("mask has no object pixel: cannot compute its bounding box")
+    return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float32)
+
+
+def _check_box(box: np.ndarray, name: str) -> np.ndarray:
+    box = np.asarray(box, dtype=np.float64)
+    if box.shape != (4,) or box[2] < box[0] or box[3] < box[1]:
+        raise ValueError(f"{name} must be (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1, got {box.tolist()}")
+    return box
+
+
+def _iou_with(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """IoU of every box of `boxes` (n, 4) with `box` (4,): (n,); 0 where the union is empty."""
+    inter_w = np.clip(np.minimum(boxes[:, 2], box[2]) - np.maximum(boxes[:, 0], box[0]), 0, None)
+    inter_h = np.clip(np.minimum(boxes[:, 3], box[3]) - np.maximum(boxes[:, 1], box[1]), 0, None)
+    intersection = inter_w * inter_h
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = areas + (box[2] - box[0]) * (box[3] - box[1]) - intersection
+    return np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boxes (x0, y0, x1, y1); 0.0 when both have zero area."""
+    return float(_iou_with(_check_box(a, "a")[None], _check_box(b, "b"))[0])
+
+
+def _ordered_inside(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Boxes (n, 4) with corners put in order and clipped to the image; continuous in the input."""
+    x0, x1 = np.minimum(boxes[:, 0], boxes[:, 2]), np.maximum(boxes[:, 0], boxes[:, 2])
+    y0, y1 = np.minimum(boxes[:, 1], boxes[:, 3]), np.maximum(boxes[:, 1], boxes[:, 3])
+    ordered = np.stack([x0, y0, x1, y1], axis=1)
+    return np.clip(ordered, 0, [width, height, width, height]).astype(np.float32)
+
+
+def _moved_boxes(
+    truth: np.ndarray, move: np.ndarray, steps: np.ndarray, width: int, height: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes truth + t * move for t in `steps`, inside the image: (n, 4) float32, and their IoU with truth (n,)."""
+    boxes = _ordered_inside(truth + steps[:, None] * move, width, height)
+    return boxes, _iou_with(boxes.astype(np.float64), truth)
+
+
+def jittered_box(
+    mask: np.ndarray, target_iou: float, rng: np.random.Generator, tolerance: float = 0.05
+) -> np.ndarray:
+    """A box (4,) float32 inside the image whose IoU with `bounding_box(mask)` is target_iou +- tolerance.
+
+    The paper's "BBox 0.5 / 0.75" prompts. The true box is moved along a random direction of
+    R^4 (each corner coordinate scaled by the box width or height, so shifts, growth and
+    shrinkage all occur), ordered and clipped to the image. Its IoU is continuous in the step
+    length and 1 at 0: the first grid step below the target brackets a crossing, which
+    bisection pins down, so the IoU is the target up to float32 rounding; `tolerance` guards
+    that. Directions whose IoU never drops that low (growth clipped by the image) are redrawn.
+    target_iou = 1 gives the exact box.
+    """
+    truth = bounding_box(mask)
+    if not 0 < target_iou <= 1:
+        raise ValueError(f"target_iou must be in (0, 1], got {target_iou}")
+    if target_iou == 1:
+        return truth
+    if not 0 < tolerance < target_iou:
+        raise ValueError(f"tolerance must be in (0, target_iou={target_iou}), got {tolerance}")
+    height, width = mask.shape
+    truth64 = truth.astype(np.float64)
+    box_size = np.array([truth[2] - truth[0], truth[3] - truth[1]] * 2, dtype=np.float64)
+    steps = np.linspace(0.0, _JITTER_MAX_STEP, _JITTER_GRID_POINTS)
+
+    for _ in range(_JITTER_DIRECTIONS):
+        direction = rng.normal(size=4)
+        move = direction / np.linalg.norm(direction) * box_size
+        _, grid_ious = _moved_boxes(truth64, move, steps, width, height)
+        below = np.flatnonzero(grid_ious < target_iou)
+        if below.size == 0:
+            continue
+        low, high = steps[below[0] - 1], steps[below[0]]  # IoU(low) >= target > IoU(high)
+        for _ in range(_JITTER_BISECTION_STEPS):
+            middle = (low + high) / 2
+            _, ious = _moved_boxes(truth64, move, np.array([middle]), width, height)
+            low, high = (middle, high) if ious[0] >= target_iou else (low, middle)
+        boxes, ious = _moved_boxes(truth64, move, np.array([low]), width, height)
+        if abs(ious[0] - target_iou) <= tolerance:
+            return boxes[0]
+    raise RuntimeError(
+        f"no box with IoU {target_iou} +- {tolerance} found for box {truth.tolist()} in a {width}x{height} image"
+    )
+
+
+def correction_click(prediction: np.ndarray, truth: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """The next click of interactive segmentation: point (2,) float32 (x, y) and its label.
+
+    The error region with more pixels is chosen, false negatives (truth not predicted: label 1)
+    or false positives (predicted, not truth: label 0); false negatives win ties. The click is
+    the pixel of that region farthest from its boundary (Euclidean distance transform; the
+    image edge counts as boundary), ties broken at random. Raises EmptyMaskError when the
+    prediction equals the truth.
+    """
+    prediction = _check_mask(prediction, "prediction")
+    truth = _check_mask(truth, "truth")
+    if prediction.shape != truth.shape:
+        raise ValueError(f"prediction {prediction.shape} and truth {truth.shape} differ in shape")
+    false_negatives = truth & ~prediction
+    false_positives = prediction & ~truth
+    positive = false_negatives.sum() >= false_positives.sum()
+    region = false_negatives if positive else false_positives
+    if not region.any():
+        raise EmptyMaskError("prediction equals truth: no error region for a correction click")
+    depth = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+    point = _sample_pixels(depth == depth.max(), 1, rng)[0]
+    return point, int(positive)
