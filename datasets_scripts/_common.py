@@ -16,7 +16,7 @@ import os
 import zlib
 from collections import deque
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import datasets
 import nibabel as nib
@@ -169,6 +169,38 @@ def label_for(image: Path, labels: dict[str, Path], name: str, folder: Path) -> 
         return labels[name.lower()]
     except KeyError:
         raise MissingDataError(f"no label for image {image}: expected {name} in {folder}") from None
+
+
+def cases_from_folder_pairs(
+    root: Path,
+    folders: tuple[tuple[str, str, str], ...],
+    mask_name: Callable[[Path], str],
+    image_suffixes: tuple[str, ...] = (".jpg",),
+    recursive: bool = False,
+) -> dict[str, list[ImageCase]]:
+    """Cases of a layout that keeps each split's images in one folder and their masks in another.
+
+    folders: (split, image folder, mask folder) per split, found with `find_dir`; a split whose image folder
+        is absent is left out, one whose mask folder is absent is an error.
+    mask_name: image path -> file name of its mask (matched without regard to case).
+    """
+    cases = {}
+    for split, image_folder, mask_folder in folders:
+        images = find_dir(root, image_folder)
+        if images is None:
+            continue
+        masks_dir = find_dir(root, mask_folder)
+        if masks_dir is None:
+            raise MissingDataError(f"found {images} but not its ground truth folder {mask_folder!r} in {root}")
+        masks = files_by_name(masks_dir, recursive)
+        cases[split] = [
+            ImageCase(image.stem, image, label_for(image, masks, mask_name(image), masks_dir))
+            for image in list_files(images, image_suffixes, recursive)
+        ]
+    if not cases:
+        expected = ", ".join(image_folder for _, image_folder, _ in folders)
+        raise MissingDataError(f"none of the image folders {expected} is in {root}")
+    return cases
 
 
 def held_out(case_id: str, percent: int) -> bool:
