@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from datasets.table import embed_table_storage
 from PIL import Image
 
-UNKNOWN_PIXEL_SPACING = (1.0, 1.0)
+PIXEL_SPACING = (1.0, 1.0)  # mm per pixel: none of the 2D sets records it
 
 
 class MissingDataError(FileNotFoundError):
@@ -226,15 +226,15 @@ def nifti_stem(path: Path) -> str:
 def nifti_geometry(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
     """(shape, spacing in mm) of a 3D NIfTI from its header, after checking the file holds all its voxels."""
     try:
-        header = nib.load(path).header
+        image = nib.load(path)
+        voxels = image.dataobj  # an ArrayProxy: where the voxels start and how many bytes they take, unread
+        shape, data_start, itemsize = tuple(int(n) for n in voxels.shape), int(voxels.offset), voxels.dtype.itemsize
     except Exception as error:  # nibabel raises many types for a broken file; all mean "unreadable"
         raise CorruptDataError(f"{path}: not a readable NIfTI file ({error})") from error
-    shape = tuple(int(n) for n in header.get_data_shape())
     if len(shape) < 3 or any(n != 1 for n in shape[3:]):
         raise CorruptDataError(f"{path}: expected a 3D volume, header shape is {shape}")
-    data_bytes = int(np.prod(shape)) * header.get_data_dtype().itemsize
-    _require_complete(path, int(header.get_data_offset()) + data_bytes)
-    spacing = tuple(float(z) for z in header.get_zooms()[:3])
+    _require_complete(path, data_start + int(np.prod(shape)) * itemsize)
+    spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
     return shape[:3], spacing
 
 
@@ -342,6 +342,7 @@ class VolumeBuilder(datasets.GeneratorBasedBuilder):
         return [
             datasets.SplitGenerator(name=split, gen_kwargs={"examples": [_volume_example(c) for c in split_cases]})
             for split, split_cases in cases.items()
+            if split_cases
         ]
 
     def _generate_examples(self, examples: list[dict]) -> Iterator[tuple[str, dict]]:
@@ -384,14 +385,21 @@ class ImageBuilder(datasets.GeneratorBasedBuilder):
         return [
             datasets.SplitGenerator(name=split, gen_kwargs={"cases": split_cases})
             for split, split_cases in cases.items()
+            if split_cases
         ]
 
     def _generate_examples(self, cases: list[ImageCase]) -> Iterator[tuple[str, dict]]:
         for case in cases:
             label, rater_labels = self._labels(case)
-            example = {"id": case.id, "image": str(case.image), "label": label, "spacing": list(UNKNOWN_PIXEL_SPACING)}
+            # PIL images, not arrays: datasets turns a list of arrays into nested int64 lists, not PNGs
+            example = {
+                "id": case.id,
+                "image": str(case.image),
+                "label": Image.fromarray(label),
+                "spacing": list(PIXEL_SPACING),
+            }
             if self.WITH_RATERS:
-                example["rater_labels"] = rater_labels
+                example["rater_labels"] = [Image.fromarray(rater_label) for rater_label in rater_labels]
             yield case.id, example
 
 

@@ -23,11 +23,6 @@ class BraTSConfig(SegmentationConfig):
     sequence: str = "flair"
     validation_percent: int = 20
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.sequence not in SEQUENCES:
-            raise ValueError(f"BraTS sequence must be one of {SEQUENCES}, got {self.sequence!r}")
-
 
 def _config(sequence: str, class_set: str) -> BraTSConfig:
     classes = REGIONS if class_set == "regions" else LABELS
@@ -50,6 +45,8 @@ class BraTS(VolumeBuilder):
     DEFAULT_CONFIG_NAME = "flair-regions"
 
     def _find_cases(self, root: Path) -> dict[str, list[VolumeCase]]:
+        if self.config.sequence not in SEQUENCES:
+            raise ValueError(f"BraTS sequence must be one of {SEQUENCES}, got {self.config.sequence!r}")
         training = find_dir(root, "BraTS2021_Training_Data", max_depth=2) or root
         case_dirs = sorted(p for p in training.iterdir() if p.is_dir() and p.name.startswith("BraTS2021_"))
         if not case_dirs:

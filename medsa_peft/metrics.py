@@ -1,7 +1,8 @@
 """Segmentation metrics: Dice, IoU and HD95 in millimetres, per class and per volume.
 
 Plain functions score one binary mask pair (2D or 3D, numpy or torch, bool or 0/1): `dice`,
-`iou`, `hd95`. `volume_scores` scores every class of one label map, `summarize` takes means
+`iou`, `hd95`, and `mask_scores` for all three with the empty cases flagged (`MaskScores`).
+`volume_scores` scores every class of one label map, `summarize` takes means
 over volumes (as the literature reports), and `SegmentationMetrics` wraps both as an
 `evaluate.Metric` that works offline (instantiate it directly; `evaluate.load` needs the Hub).
 
@@ -22,6 +23,7 @@ report how many per class: `empty_prediction/<class>` (object missed) and
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import datasets
@@ -35,11 +37,13 @@ METRIC_NAMES = ("dice", "iou", "hd95")
 ArrayLike = np.ndarray | torch.Tensor
 
 
+def _numpy(array: ArrayLike) -> np.ndarray:
+    return array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+
+
 def _binary(array: ArrayLike, name: str) -> np.ndarray:
-    """A bool numpy copy of a 2D or 3D mask given as bool or 0/1 values."""
-    if isinstance(array, torch.Tensor):
-        array = array.detach().cpu().numpy()
-    array = np.asarray(array)
+    """A bool numpy view or copy of a 2D or 3D mask given as bool or 0/1 values."""
+    array = _numpy(array)
     if array.ndim not in (2, 3):
         raise ValueError(f"{name} must be a 2D or 3D mask, got shape {array.shape}")
     if array.dtype != bool:
@@ -56,40 +60,26 @@ def _pair(prediction: ArrayLike, truth: ArrayLike) -> tuple[np.ndarray, np.ndarr
     return prediction, truth
 
 
-def _overlap(prediction: np.ndarray, truth: np.ndarray) -> tuple[int, int]:
-    """(intersection, sum of the two sizes) in voxels."""
-    return int(np.count_nonzero(prediction & truth)), int(np.count_nonzero(prediction) + np.count_nonzero(truth))
-
-
-def dice(prediction: ArrayLike, truth: ArrayLike) -> float:
-    """Dice 2|P & T| / (|P| + |T|) of two binary masks of one shape; 1.0 when both are empty."""
-    intersection, total = _overlap(*_pair(prediction, truth))
-    return 1.0 if total == 0 else 2 * intersection / total
-
-
-def iou(prediction: ArrayLike, truth: ArrayLike) -> float:
-    """IoU |P & T| / |P | T| of two binary masks of one shape; 1.0 when both are empty."""
-    intersection, total = _overlap(*_pair(prediction, truth))
-    return 1.0 if total == 0 else intersection / (total - intersection)
-
-
 def _check_spacing(spacing: Sequence[float] | None, ndim: int) -> list[float]:
     if spacing is None:
         return [1.0] * ndim
     spacing = [float(s) for s in spacing]
     if len(spacing) != ndim or min(spacing) <= 0:
-        raise ValueError(f"spacing must hold {ndim} positive voxel sizes (mm), got {spacing}")
+        raise ValueError(f"spacing must hold {ndim} positive voxel sizes (mm), one per array axis, got {spacing}")
     return spacing
 
 
-def hd95(prediction: ArrayLike, truth: ArrayLike, spacing: Sequence[float] | None = None) -> float:
-    """95th-percentile Hausdorff distance (mm) of two binary masks, MONAI's definition.
+def _dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    total = np.count_nonzero(prediction) + np.count_nonzero(truth)
+    return 1.0 if total == 0 else 2 * np.count_nonzero(prediction & truth) / total
 
-    spacing: voxel size per array axis (mm), 1.0 each when None. Both empty: 0.0; exactly one
-    empty: inf.
-    """
-    prediction, truth = _pair(prediction, truth)
-    spacing = _check_spacing(spacing, prediction.ndim)
+
+def _iou(prediction: np.ndarray, truth: np.ndarray) -> float:
+    union = np.count_nonzero(prediction | truth)
+    return 1.0 if union == 0 else np.count_nonzero(prediction & truth) / union
+
+
+def _hd95(prediction: np.ndarray, truth: np.ndarray, spacing: list[float]) -> float:
     has_prediction, has_truth = prediction.any(), truth.any()
     if not (has_prediction or has_truth):
         return 0.0
@@ -105,55 +95,176 @@ def hd95(prediction: ArrayLike, truth: ArrayLike, spacing: Sequence[float] | Non
     return float(distance.item())
 
 
+def dice(prediction: ArrayLike, truth: ArrayLike) -> float:
+    """Dice 2|P & T| / (|P| + |T|) of two binary masks of one shape, 2D or 3D; 1.0 when both are empty."""
+    return _dice(*_pair(prediction, truth))
+
+
+def iou(prediction: ArrayLike, truth: ArrayLike) -> float:
+    """IoU |P & T| / |P | T| of two binary masks of one shape, 2D or 3D; 1.0 when both are empty."""
+    return _iou(*_pair(prediction, truth))
+
+
+def hd95(prediction: ArrayLike, truth: ArrayLike, spacing: Sequence[float] | None = None) -> float:
+    """95th-percentile Hausdorff distance (mm) of two binary masks, MONAI's definition.
+
+    spacing: voxel size (mm) per array axis, 1.0 each when None. Both masks empty: 0.0; exactly
+    one empty: inf.
+    """
+    prediction, truth = _pair(prediction, truth)
+    return _hd95(prediction, truth, _check_spacing(spacing, prediction.ndim))
+
+
+@dataclass(frozen=True)
+class MaskScores:
+    """The scores of one binary mask pair, with the one-sided empty cases flagged."""
+
+    dice: float
+    iou: float
+    hd95: float  # inf when exactly one mask is empty
+    empty_prediction: bool  # nothing predicted, the truth is not empty
+    empty_reference: bool  # the truth is empty, something predicted
+
+
+def mask_scores(prediction: ArrayLike, truth: ArrayLike, spacing: Sequence[float] | None = None) -> MaskScores:
+    """Dice, IoU and HD95 (mm) of two binary masks of one shape, 2D or 3D."""
+    prediction, truth = _pair(prediction, truth)
+    return MaskScores(
+        dice=_dice(prediction, truth),
+        iou=_iou(prediction, truth),
+        hd95=_hd95(prediction, truth, _check_spacing(spacing, prediction.ndim)),
+        empty_prediction=bool(truth.any() and not prediction.any()),
+        empty_reference=bool(prediction.any() and not truth.any()),
+    )
+
+
 def volume_scores(
     prediction: ArrayLike,
     reference: ArrayLike,
     classes: Mapping[str, Sequence[int]],
     spacing: Sequence[float] | None = None,
-) -> dict[str, dict[str, float]]:
-    """Dice, IoU and HD95 of every class of one label map pair (2D or 3D, integer labels).
+) -> dict[str, MaskScores]:
+    """The scores of every class of one pair of label maps (2D or 3D, integer labels).
 
-    classes: class name -> the label values making up that class (the builders' `classes`);
-    the class mask is `np.isin(label_map, values)`. Returns {class: {"dice", "iou", "hd95"}}.
+    classes: class name -> the label values that make up the class (the builders' `classes`,
+    e.g. {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}); its mask is `np.isin(label_map, values)`.
     """
-    prediction, reference = (
-        np.asarray(a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else a) for a in (prediction, reference)
-    )
+    prediction, reference = _numpy(prediction), _numpy(reference)
     if prediction.shape != reference.shape:
         raise ValueError(f"prediction {prediction.shape} and reference {reference.shape} differ in shape")
-    scores = {}
-    for name, values in classes.items():
-        predicted, true = np.isin(prediction, values), np.isin(reference, values)
-        scores[name] = {"dice": dice(predicted, true), "iou": iou(predicted, true), "hd95": hd95(predicted, true, spacing)}
-    return scores
+    return {
+        name: mask_scores(np.isin(prediction, values), np.isin(reference, values), spacing)
+        for name, values in classes.items()
+    }
 
 
-def _mean(values: list[float]) -> float:
-    return float(np.mean(values)) if values else float("nan")
+def _mean_of_finite(values: Sequence[float]) -> float:
+    finite = [value for value in values if np.isfinite(value)]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
-def summarize(per_volume: Sequence[Mapping[str, Mapping[str, float]]]) -> dict[str, float]:
+def summarize(per_volume: Sequence[Mapping[str, MaskScores]]) -> dict[str, float]:
     """Means over volumes of `volume_scores` results, per class and over classes.
 
-    Keys: "<metric>/<class>" (mean over volumes), "<metric>" (mean of the class means that are
-    defined), "empty_prediction/<class>" and "empty_reference/<class>" (volumes whose HD95 is
-    inf and left out of the HD95 mean), "num_volumes". A class whose HD95 is inf in every
-    volume has HD95 NaN.
+    Keys, for every class c: "dice/c", "iou/c", "hd95/c" (means over volumes; HD95 over the
+    volumes where it is finite, NaN if none), "empty_prediction/c" and "empty_reference/c"
+    (counts of the volumes left out of the HD95 mean); then "dice", "iou", "hd95" (means of the
+    class means, NaN ones left out) and "num_volumes".
     """
     if not per_volume:
         raise ValueError("no volume to summarize")
+    class_names = list(per_volume[0])
     summary: dict[str, float] = {}
-    for name in per_volume[0]:
+    for name in class_names:
         scores = [volume[name] for volume in per_volume]
-        summary[f"dice/{name}"] = _mean([s["dice"] for s in scores])
-        summary[f"iou/{name}"] = _mean([s["iou"] for s in scores])
-        summary[f"hd95/{name}"] = _mean([s["hd95"] for s in scores if np.isfinite(s["hd95"])])
-        # One-sided empty pairs are exactly those with Dice 0 and HD95 inf; which side is empty
-        # is told by IoU's denominator... not kept, so count from the scores' own flags.
-        summary[f"empty_prediction/{name}"] = sum(s.get("empty_prediction", 0) for s in scores)
-        summary[f"empty_reference/{name}"] = sum(s.get("empty_reference", 0) for s in scores)
+        for metric in METRIC_NAMES:
+            summary[f"{metric}/{name}"] = _mean_of_finite([getattr(s, metric) for s in scores])
+        summary[f"empty_prediction/{name}"] = sum(s.empty_prediction for s in scores)
+        summary[f"empty_reference/{name}"] = sum(s.empty_reference for s in scores)
     for metric in METRIC_NAMES:
-        class_means = [summary[f"{metric}/{name}"] for name in per_volume[0]]
-        summary[metric] = float(np.nanmean(class_means)) if not np.isnan(class_means).all() else float("nan")
+        summary[metric] = _mean_of_finite([summary[f"{metric}/{name}"] for name in class_names])
     summary["num_volumes"] = len(per_volume)
     return summary
+
+
+def _label_map_features(ndim: int) -> datasets.Features:
+    label_map = datasets.Value("int32")
+    for _ in range(ndim):
+        label_map = datasets.List(label_map)
+    return datasets.Features(
+        {"predictions": label_map, "references": label_map, "spacing": datasets.List(datasets.Value("float64"))}
+    )
+
+
+_CITATION = """\
+@article{cardoso2022monai,
+  title={{MONAI}: An open-source framework for deep learning in healthcare},
+  author={Cardoso, M. Jorge and others},
+  journal={arXiv preprint arXiv:2211.02701},
+  year={2022}
+}
+"""
+
+_INPUTS_DESCRIPTION = """
+Args:
+    predictions: predicted label maps, one per volume, each (H, W) or (D, H, W) integer (or bool).
+    references: true label maps, same shapes.
+    spacing: voxel size (mm) per array axis of each volume, e.g. the NIfTI header zooms.
+    return_per_volume (bool, passed to `compute`): add "per_volume", one {"<metric>/<class>": value}
+        dict per volume.
+Returns:
+    dict: see `medsa_peft.metrics.summarize`: "dice/<class>", "iou/<class>", "hd95/<class>" (mm),
+    "empty_prediction/<class>", "empty_reference/<class>", "dice", "iou", "hd95", "num_volumes".
+"""
+
+
+class SegmentationMetrics(evaluate.Metric):
+    """Dice, IoU and HD95 (mm) per class, averaged over volumes, as an `evaluate.Metric`.
+
+    Works offline: `metric = SegmentationMetrics(classes={"spleen": (1,), "liver": (6,)})`, then
+    `metric.add(prediction=..., reference=..., spacing=...)` per volume and `metric.compute()`.
+    `classes` defaults to {"foreground": (1,)}, which scores binary masks. Other keyword
+    arguments go to `evaluate.Metric` (keep_in_memory, cache_dir, num_process, process_id, ...).
+    Like every `evaluate.Metric` it holds all label maps until `compute`; for large 3D test sets
+    score each volume as it comes with `volume_scores` and average with `summarize`.
+    """
+
+    def __init__(self, classes: Mapping[str, Sequence[int]] | None = None, **kwargs: Any):
+        classes = {"foreground": (1,)} if classes is None else classes
+        if not classes:
+            raise ValueError("classes must name at least one class")
+        self.classes = {name: tuple(int(value) for value in values) for name, values in classes.items()}
+        super().__init__(**kwargs)
+
+    def _info(self) -> evaluate.MetricInfo:
+        return evaluate.MetricInfo(
+            description="Dice, IoU and 95th-percentile Hausdorff distance (mm, MONAI's definition) of "
+            "segmentations, per class, averaged over volumes; one-sided empty masks are counted.",
+            citation=_CITATION,
+            inputs_description=_INPUTS_DESCRIPTION,
+            features=[_label_map_features(2), _label_map_features(3)],
+            reference_urls=["https://docs.monai.io/en/stable/metrics.html"],
+        )
+
+    def _compute(
+        self,
+        predictions: Sequence[Any],
+        references: Sequence[Any],
+        spacing: Sequence[Sequence[float]],
+        return_per_volume: bool = False,
+    ) -> dict[str, Any]:
+        per_volume = [
+            volume_scores(np.asarray(prediction), np.asarray(reference), self.classes, volume_spacing)
+            for prediction, reference, volume_spacing in zip(predictions, references, spacing)
+        ]
+        result: dict[str, Any] = summarize(per_volume)
+        if return_per_volume:
+            result["per_volume"] = [
+                {
+                    f"{metric}/{name}": getattr(scores, metric)
+                    for name, scores in volume.items()
+                    for metric in METRIC_NAMES
+                }
+                for volume in per_volume
+            ]
+        return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from typing import Any
 
@@ -96,6 +97,21 @@ class MedSAModel(BaseTuner):
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
+
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+        if isinstance(new_module, MedSALayer):
+            super()._replace_module(parent, child_name, new_module, child)
+        else:  # unloading: put SAM's own block back; PEFT's version expects a layer with a `.weight`
+            setattr(parent, child_name, new_module)
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        """`...medsa_space_adapter.<name>.fc1.weight` -> `...medsa_space_adapter.fc1.weight` in saved files.
+
+        PEFT's default only strips a name that stands second to last, as in `lora_A.<name>.weight`; Med-SA's
+        adapters are small modules, so the name stands deeper.
+        """
+        return re.sub(rf"(\.{cls.prefix}[a-z_]+)\.{re.escape(adapter_name)}\.", r"\1.", key)
 
     def _num_decoder_output_tokens(self) -> int:
         """The IoU token plus the mask tokens that precede the sparse prompt tokens in the decoder."""

@@ -49,13 +49,12 @@ def evaluation_cases(
     frame: SamFrame,
     prompt: PromptSpec,
     seed: int = 0,
-    image_channels: Sequence[int] | None = None,
 ) -> Iterator[EvaluationCase]:
     """Yield an `EvaluationCase` per (example, class present), examples in split order, classes in `classes`
     order. Prompt randomness (jitter, clicks) comes from `seed`, so two runs see the same prompts."""
     rng = np.random.default_rng(seed)
     for example in split:
-        decoded = decode_example(example, modality, image_channels)
+        decoded = decode_example(example, modality)
         pixel_values = None
         for class_name, values in classes.items():
             truth = decoded.class_mask(values)

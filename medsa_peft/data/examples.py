@@ -51,6 +51,14 @@ def _example_id(example: Mapping) -> str:
     return str(example["id"])
 
 
+def _canonical(image: nib.spatialimages.SpatialImage) -> nib.spatialimages.SpatialImage:
+    """The image in the closest canonical (RAS+) voxel order."""
+    if isinstance(image, nib.Nifti1Image):
+        # datasets' Nifti1ImageWrapper cannot be re-instantiated by nibabel's as_reoriented: unwrap it
+        image = nib.Nifti1Image(image.dataobj, image.affine, image.header)
+    return nib.as_closest_canonical(image)
+
+
 def _integer_labels(data: np.ndarray, example_id: str) -> np.ndarray:
     if np.issubdtype(data.dtype, np.integer):
         return data
@@ -64,7 +72,7 @@ def decode_label(example: Mapping) -> np.ndarray:
     """(H, W, D) integer label map of an example (D = 1 for a 2D image), in the voxel order `decode_example` uses."""
     example_id, label = _example_id(example), example["label"]
     if isinstance(label, nib.spatialimages.SpatialImage):
-        label = np.asanyarray(nib.as_closest_canonical(label).dataobj)
+        label = np.asanyarray(_canonical(label).dataobj)
         if label.ndim != 3:
             raise ValueError(f"example {example_id!r}: the label volume must be (H, W, D), got shape {label.shape}")
     else:
@@ -76,50 +84,31 @@ def decode_label(example: Mapping) -> np.ndarray:
 
 
 def _decode_image(example: Mapping) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """(H, W, D, C) raw intensities and the spacing of a volume or a 2D image."""
+    """(H, W, D, C) raw intensities (C = 1 grey, 3 colour) and the spacing of a volume or a 2D image."""
     source = example["image"]
     if isinstance(source, nib.spatialimages.SpatialImage):
-        canonical = nib.as_closest_canonical(source)
+        canonical = _canonical(source)
         image = canonical.get_fdata(dtype=np.float32)
+        if image.ndim != 3:
+            raise ValueError(f"example {_example_id(example)!r}: the image volume must be (H, W, D), got {image.shape}")
         spacing = tuple(float(zoom) for zoom in canonical.header.get_zooms()[:3])
-        return (image[..., None] if image.ndim == 3 else image), spacing
+        return image[..., None], spacing
     picture: Image.Image = source
     image = np.asarray(picture if picture.mode in _GREY_IMAGE_MODES else picture.convert("RGB"))
     spacing = (*(float(value) for value in example.get("spacing") or (1.0, 1.0)), 1.0)
     return (image[:, :, None, None] if image.ndim == 2 else image[:, :, None, :]), spacing
 
 
-def _select_channels(image: np.ndarray, channels: Sequence[int] | None, example_id: str) -> np.ndarray:
-    """(H, W, D, C) -> (H, W, D, 1 or 3), keeping `channels` when given."""
-    if channels is not None:
-        if len(channels) not in (1, 3) or max(channels) >= image.shape[-1]:
-            raise ValueError(
-                f"example {example_id!r}: image_channels {tuple(channels)} must pick 1 or 3 of its "
-                f"{image.shape[-1]} channels"
-            )
-        image = image[..., list(channels)]
-    if image.shape[-1] not in (1, 3):
-        raise ValueError(
-            f"example {example_id!r}: SAM takes 1 (grey) or 3 (colour) channels, the image has {image.shape[-1]}; "
-            "choose them with image_channels"
-        )
-    return image
-
-
-def decode_example(
-    example: Mapping, modality: str, image_channels: Sequence[int] | None = None
-) -> DecodedExample:
+def decode_example(example: Mapping, modality: str) -> DecodedExample:
     """Arrays of one `datasets` example (features decoded: nibabel or PIL images), intensities normalised for
-    `modality` (per volume for MRI; see `normalize_intensity`). `image_channels` picks 1 or 3 channels of a
-    multi-channel image (e.g. 3 of BraTS' 4 sequences)."""
+    `modality` (per volume for MRI; see `normalize_intensity`)."""
     example_id = _example_id(example)
     image, spacing = _decode_image(example)
     label = decode_label(example)
-    if image.ndim != 4 or image.shape[:3] != label.shape:
-        raise ValueError(f"example {example_id!r}: image {image.shape} and label {label.shape} differ in size")
-    image = _select_channels(image, image_channels, example_id)
+    if image.shape[:3] != label.shape:
+        raise ValueError(f"example {example_id!r}: image {image.shape[:3]} and label {label.shape} differ in size")
     try:
-        image = normalize_intensity(image, modality, channels_last=True)
+        image = normalize_intensity(image, modality)
     except ValueError as error:
         raise ValueError(f"example {example_id!r}: {error}") from error
     return DecodedExample(example_id, image, label, spacing)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.transforms import Resize, ScaleIntensityRange, ScaleIntensityRangePercentiles, SpatialPad
+from monai.transforms import Resize, ScaleIntensityRange, SpatialPad
 from monai.utils import convert_to_numpy, convert_to_tensor
 from transformers import SamConfig
 
@@ -39,27 +39,36 @@ class SamFrame:
         return cls(image_size=vision.image_size, mask_size=4 * (vision.image_size // vision.patch_size))
 
 
-def normalize_intensity(image: np.ndarray, modality: str, channels_last: bool = False) -> np.ndarray:
+def _mri_range(image: np.ndarray) -> tuple[float, float]:
+    """The 0.5th and 99.5th percentiles of the non-zero voxels (all voxels when none is non-zero)."""
+    foreground = image[image != 0]
+    return tuple(float(value) for value in np.percentile(foreground if foreground.size else image, MRI_PERCENTILES))
+
+
+def normalize_intensity(image: np.ndarray, modality: str) -> np.ndarray:
     """Scale raw intensities to float32 in [0, 1], the rule chosen by `modality`; the shape is kept.
 
     ct: Hounsfield units windowed to [-175, 250], then scaled. mri: the 0.5th and 99.5th percentiles of the
-    whole array (per channel when `channels_last`) map to 0 and 1, clipped. fundus, dermoscopy, ultrasound:
-    uint8 photos divided by 255.
+    non-zero voxels of the whole array (pass one volume) map to 0 and 1, clipped; skull-stripped volumes and
+    their edge slices are mostly zero background, which would otherwise pull both percentiles to 0. A
+    constant foreground maps to 1 (an all-zero array to 0). fundus, dermoscopy, ultrasound: uint8 photos
+    divided by 255.
     """
+    image = np.asarray(image)
     if modality == "ct":
-        scaled = ScaleIntensityRange(*CT_WINDOW_HU, b_min=0.0, b_max=1.0, clip=True)(image.astype(np.float32))
+        scale = ScaleIntensityRange(*CT_WINDOW_HU, b_min=0.0, b_max=1.0, clip=True)
     elif modality == "mri":
-        scale = ScaleIntensityRangePercentiles(*MRI_PERCENTILES, b_min=0.0, b_max=1.0, clip=True, channel_wise=True)
-        channel_first = np.moveaxis(image, -1, 0) if channels_last else image[None]
-        scaled = scale(channel_first.astype(np.float32))
-        scaled = np.moveaxis(convert_to_numpy(scaled), 0, -1) if channels_last else scaled[0]
+        low, high = _mri_range(image)
+        if high <= low:
+            return ((image >= low) & (image != 0)).astype(np.float32)
+        scale = ScaleIntensityRange(low, high, b_min=0.0, b_max=1.0, clip=True)
     elif modality in PHOTO_MODALITIES:
         if image.dtype != np.uint8:
             raise ValueError(f"a {modality} image must be 8-bit (uint8), got {image.dtype}")
-        scaled = ScaleIntensityRange(0.0, 255.0, b_min=0.0, b_max=1.0)(image.astype(np.float32))
+        scale = ScaleIntensityRange(0.0, 255.0, b_min=0.0, b_max=1.0)
     else:
         raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
-    return convert_to_numpy(scaled, dtype=np.float32)
+    return convert_to_numpy(scale(image.astype(np.float32)), dtype=np.float32)
 
 
 def resized_shape(original_size: tuple[int, int], image_size: int) -> tuple[int, int]:

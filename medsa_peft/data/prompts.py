@@ -46,9 +46,9 @@ def _check_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
     return mask
 
 
-def _check_count(k: int, name: str) -> None:
+def _check_count(k: int) -> None:
     if k < 0:
-        raise ValueError(f"{name} must be >= 0, got {k}")
+        raise ValueError(f"the number of clicks must be >= 0, got {k}")
 
 
 def _sample_pixels(region: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -64,7 +64,7 @@ def positive_clicks(mask: np.ndarray, k: int, rng: np.random.Generator) -> np.nd
     The clicks are distinct when the object has at least k pixels, else pixels repeat.
     """
     mask = _check_mask(mask)
-    _check_count(k, "k")
+    _check_count(k)
     if k and not mask.any():
         raise EmptyMaskError("mask has no object pixel: cannot place a positive click")
     return _sample_pixels(mask, k, rng)
@@ -79,7 +79,7 @@ def negative_clicks(mask: np.ndarray, k: int, rng: np.random.Generator, *, margi
     empty mask gives clicks anywhere; a mask without background raises EmptyMaskError.
     """
     mask = _check_mask(mask)
-    _check_count(k, "k")
+    _check_count(k)
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
     if not mask.any():
@@ -175,7 +175,7 @@ def jittered_box(
         return truth
     if not 0 < tolerance < target_iou:
         raise ValueError(f"tolerance must be in (0, target_iou={target_iou}), got {tolerance}")
-    height, width = mask.shape
+    height, width = np.shape(mask)
     truth64 = truth.astype(np.float64)
     box_size = np.array([truth[2] - truth[0], truth[3] - truth[1]] * 2, dtype=np.float64)
     steps = np.linspace(0.0, _JITTER_MAX_STEP, _JITTER_GRID_POINTS)

@@ -58,7 +58,6 @@ class SamTrainingSamples(torch.utils.data.Dataset):
         frame: SamFrame,
         prompt: PromptSpec,
         volume_depth: int = 1,
-        image_channels: Sequence[int] | None = None,
         cache_size: int = 4,
     ):
         self.split = split
@@ -67,7 +66,6 @@ class SamTrainingSamples(torch.utils.data.Dataset):
         self.frame = frame
         self.prompt = prompt
         self.volume_depth = volume_depth
-        self.image_channels = image_channels
         self.cache_size = cache_size
         self.is_volume = is_volume_dataset(split.features)
         if volume_depth < 1 or (not self.is_volume and volume_depth != 1):
@@ -84,7 +82,8 @@ class SamTrainingSamples(torch.utils.data.Dataset):
             label = decode_label(example)
             if label.shape[2] < self.volume_depth:
                 raise ValueError(
-                    f"example {example['id']!r} has {label.shape[2]} slices, fewer than volume_depth={self.volume_depth}"
+                    f"example {example['id']!r} has {label.shape[2]} slices, "
+                    f"fewer than volume_depth={self.volume_depth}"
                 )
             present = set(np.unique(label).tolist())
             items += [(index, name) for name, values in self.classes.items() if present.intersection(values)]
@@ -106,7 +105,7 @@ class SamTrainingSamples(torch.utils.data.Dataset):
         if index in self._cache:
             self._cache.move_to_end(index)
         else:
-            self._cache[index] = (decode_example(self.split[index], self.modality, self.image_channels), {})
+            self._cache[index] = (decode_example(self.split[index], self.modality), {})
             if len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return self._cache[index]
@@ -154,10 +153,14 @@ def collate_sam(samples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torc
         raise ValueError("collate_sam needs at least one sample")
     kinds = {frozenset(kind for kind in sample if kind.startswith("input_")) for sample in samples}
     if len(kinds) != 1 or set(next(iter(kinds))) not in _PROMPT_KINDS:
-        raise ValueError(f"a batch must hold one prompt kind (boxes, or points with labels), got {sorted(map(sorted, kinds))}")
+        raise ValueError(
+            f"a batch must hold one prompt kind (boxes, or points with labels), got {sorted(map(sorted, kinds))}"
+        )
     depths = {sample["pixel_values"].shape[0] if sample["pixel_values"].ndim == 4 else None for sample in samples}
     if len(depths) != 1:
-        raise ValueError(f"a batch must hold samples of one kind and depth (None = 2D), got depths {sorted(depths, key=str)}")
+        raise ValueError(
+            f"a batch must hold samples of one kind and depth (None = 2D), got depths {sorted(depths, key=str)}"
+        )
     depth = depths.pop()
     join = torch.stack if depth is None else torch.cat
     batch: dict[str, torch.Tensor | int] = {name: join([sample[name] for sample in samples]) for name in samples[0]}
