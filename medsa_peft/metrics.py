@@ -166,17 +166,18 @@ def _mean_of_finite(values: Sequence[float]) -> float:
 def summarize(per_volume: Sequence[Mapping[str, MaskScores]]) -> dict[str, float]:
     """Means over volumes of `volume_scores` results, per class and over classes.
 
-    Keys, for every class c: "dice/c", "iou/c", "hd95/c" (means over volumes; HD95 over the
-    volumes where it is finite, NaN if none), "empty_prediction/c" and "empty_reference/c"
+    Keys, for every class c: "dice/c", "iou/c", "hd95/c" (means over the volumes scored for c; HD95
+    over those where it is finite, NaN if none), "empty_prediction/c" and "empty_reference/c"
     (counts of the volumes left out of the HD95 mean); then "dice", "iou", "hd95" (means of the
-    class means, NaN ones left out) and "num_volumes".
+    class means, NaN ones left out) and "num_volumes". A volume may leave out classes (e.g. evaluation
+    with prompts scores only the classes present); each class is averaged over the volumes that have it.
     """
     if not per_volume:
         raise ValueError("no volume to summarize")
-    class_names = list(per_volume[0])
+    class_names = list(dict.fromkeys(name for volume in per_volume for name in volume))
     summary: dict[str, float] = {}
     for name in class_names:
-        scores = [volume[name] for volume in per_volume]
+        scores = [volume[name] for volume in per_volume if name in volume]
         for metric in METRIC_NAMES:
             summary[f"{metric}/{name}"] = _mean_of_finite([getattr(s, metric) for s in scores])
         summary[f"empty_prediction/{name}"] = sum(s.empty_prediction for s in scores)

@@ -1,0 +1,86 @@
+"""The model card (README.md) of a trained Med-SA adapter: data set, prompts, configuration, metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from .config import MedSAConfig
+
+
+def _format(value: float) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def metrics_table(before: Mapping[str, float], after: Mapping[str, float], classes: list[str]) -> str:
+    """A markdown table of Dice / IoU / HD95 per class, before and after training."""
+    lines = ["| class | Dice before | Dice after | IoU after | HD95 after (mm) |", "|---|---|---|---|---|"]
+    for name in [*classes, None]:
+        key = "" if name is None else f"/{name}"
+        label = "**mean**" if name is None else name
+        lines.append(
+            f"| {label} | {_format(before.get('dice' + key))} | {_format(after.get('dice' + key))} "
+            f"| {_format(after.get('iou' + key))} | {_format(after.get('hd95' + key))} |"
+        )
+    return "\n".join(lines)
+
+
+def build_model_card(
+    base_model: str,
+    dataset: str,
+    dataset_config: str,
+    evaluation_split: str,
+    prompt: str,
+    volume_depth: int,
+    config: MedSAConfig,
+    before: Mapping[str, float],
+    after: Mapping[str, float],
+    classes: list[str],
+    steps: int,
+) -> ModelCard:
+    """A model card for a Med-SA adapter trained with `medsa_peft`."""
+    data = ModelCardData(
+        library_name="peft",
+        base_model=base_model if "/" in base_model and not base_model.startswith((".", "/")) else None,
+        tags=["medsa", "medical-sam-adapter", "medical-image-segmentation", "segment-anything", "peft"],
+        pipeline_tag="mask-generation",
+    )
+    settings = {key: value for key, value in config.to_dict().items() if key not in ("auto_mapping", "revision")}
+    body = f"""---
+{data.to_yaml()}
+---
+
+# Med-SA adapter for SAM ({dataset}, {dataset_config})
+
+A [Medical SAM Adapter](https://arxiv.org/abs/2304.12620) (Med-SA) trained with `medsa_peft` on top of
+`{base_model}`: SAM stays frozen, the adapters train.
+
+- **Data set:** `{dataset}` (config `{dataset_config}`), evaluated on its `{evaluation_split}` split
+- **Prompts:** `{prompt}` (training and evaluation), one per slice
+- **Volumes:** {"2D images" if volume_depth == 1 else f"depth chunks of {volume_depth} slices through SD-Trans"}
+- **Training steps:** {steps}
+
+## Metrics ({evaluation_split} split, means over volumes)
+
+{metrics_table(before, after, classes)}
+
+## Use
+
+```python
+import medsa_peft  # registers the MEDSA PEFT type: import it before loading
+from peft import PeftModel
+from transformers import SamModel
+
+model = PeftModel.from_pretrained(SamModel.from_pretrained("{base_model}"), "<this repo or folder>")
+```
+
+## Configuration
+
+```json
+{json.dumps(settings, indent=2, sort_keys=True, default=str)}
+```
+"""
+    return ModelCard(body)

@@ -1,0 +1,272 @@
+"""Training Med-SA under Accelerate: the logic behind `accelerate launch examples/train.py`.
+
+Mixed precision, several processes, GPUs and machines come from Accelerate (`accelerate launch
+--mixed_precision bf16 --multi_gpu ...`); this module holds no process code of its own.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from huggingface_hub import HfApi
+from peft import get_peft_model
+from tqdm.auto import tqdm
+from transformers import SamModel, get_cosine_schedule_with_warmup
+
+from .builders import EMBEDDED_DEFAULT, prepare_dataset
+from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import MedSAConfig
+from .data import PromptSpec, SamFrame, SamTrainingSamples, collate_sam
+from .files import write_json
+from .losses import DiceBCELoss
+from .model_card import build_model_card, metrics_table
+from .scoring import evaluate_model
+from .visualize import save_png
+
+PROMPT_INPUTS = ("input_boxes", "input_points", "input_labels")
+
+
+@dataclass
+class TrainingArguments:
+    """Options of `examples/train.py` (each is a `--flag`); the defaults run the offline demo."""
+
+    model: str | None = field(
+        default=None, metadata={"help": "SAM to adapt: a Hub id or folder; default: the tiny SAM shipped offline"}
+    )
+    dataset: str = field(default=EMBEDDED_DEFAULT, metadata={"help": "mni152, btcv, brats, refuge, isic, thyroid"})
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "builder config; mni152 picks '2d' or '3d' from --volume_depth"}
+    )
+    data_dir: str | None = field(default=None, metadata={"help": "manual download of the data set"})
+    cache_dir: str | None = field(default=None, metadata={"help": "where `datasets` prepares the data set"})
+    volume_depth: int = field(default=1, metadata={"help": "slices per volume chunk; > 1 turns on SD-Trans"})
+    prompt: str = field(default="box:0.9", metadata={"help": "'box', 'box:IOU', 'points:K' or 'points:K+NEG'"})
+    official: bool = field(default=False, metadata={"help": "MedSAConfig.official(): the authors' configuration"})
+    bottleneck_ratio: float = 0.25
+    mlp_adapter_scale: float = 0.5
+    activation: str = "gelu"
+    init: str = "zero"
+    hyper_dim: int = 32
+    output_dir: str = "outputs/medsa-demo"
+    max_steps: int = 300
+    batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    eval_every: int = field(default=100, metadata={"help": "evaluate every N optimiser steps (0: only at the ends)"})
+    save_every: int = field(default=100, metadata={"help": "checkpoint every N optimiser steps (0: never)"})
+    eval_batch_size: int = 8
+    max_eval_cases: int | None = field(default=None, metadata={"help": "cap on (volume, class) evaluation cases"})
+    gradient_checkpointing: bool = False
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    resume: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    report_to: str = field(default="auto", metadata={"help": "'tensorboard', 'none' or 'auto' (tensorboard if installed)"})
+    num_workers: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.volume_depth < 1:
+            raise ValueError(f"--volume_depth must be at least 1, got {self.volume_depth}")
+        if self.max_steps < 1:
+            raise ValueError(f"--max_steps must be at least 1, got {self.max_steps}")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("--push_to_hub needs --hub_model_id user/name")
+        PromptSpec.parse(self.prompt)  # fail early on a bad prompt
+
+    def medsa_config(self) -> MedSAConfig:
+        depth = self.volume_depth > 1
+        if self.official:
+            return MedSAConfig.official(depth_adapter=depth, bottleneck_ratio=self.bottleneck_ratio)
+        return MedSAConfig(
+            depth_adapter=depth,
+            bottleneck_ratio=self.bottleneck_ratio,
+            mlp_adapter_scale=self.mlp_adapter_scale,
+            activation=self.activation,
+            init=self.init,
+            hyper_dim=self.hyper_dim,
+        )
+
+    def resolved_dataset_config(self) -> str | None:
+        if self.dataset_config is None and self.dataset == EMBEDDED_DEFAULT:
+            return "3d" if self.volume_depth > 1 else "2d"
+        return self.dataset_config
+
+
+def _trackers(report_to: str) -> list[str]:
+    if report_to == "auto":
+        return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
+    return [] if report_to == "none" else [report_to]
+
+
+def _loss_is_finite(accelerator: Accelerator, loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every process (all processes then stop together)."""
+    finite = torch.isfinite(loss.detach()).float().reshape(1)
+    return bool(accelerator.gather(finite).min() > 0)
+
+
+def _check_replicas_agree(accelerator: Accelerator, model: torch.nn.Module) -> None:
+    """Assert the trainable weights are identical on every process (what DDP promises) before saving."""
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters() if p.requires_grad]).sum()
+    checksums = accelerator.gather(checksum.reshape(1).to(accelerator.device))
+    if not torch.all(checksums == checksums[0]):
+        raise RuntimeError(f"adapter weights differ between processes: checksums {checksums.tolist()}")
+    accelerator.print(f"adapter weights identical on all {accelerator.num_processes} process(es)")
+
+
+def _summary_line(title: str, summary: dict[str, float], classes: list[str]) -> str:
+    per_class = ", ".join(f"{name} {summary.get(f'dice/{name}', float('nan')):.4f}" for name in classes)
+    return f"{title}: mean Dice {summary['dice']:.4f} ({per_class})"
+
+
+def train(args: TrainingArguments) -> dict:
+    """Train a Med-SA adapter as `args` says; returns the metrics written to `output_dir/metrics.json`."""
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=_trackers(args.report_to) or None,
+        project_dir=args.output_dir,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(args.seed)
+    output_dir = Path(args.output_dir)
+
+    with accelerator.main_process_first():
+        data = prepare_dataset(args.dataset, args.resolved_dataset_config(), args.data_dir, args.cache_dir)
+    classes = list(data.classes)
+    prompt = PromptSpec.parse(args.prompt)
+
+    model_source = args.model or str(_default_model())
+    sam = SamModel.from_pretrained(model_source)
+    frame = SamFrame.from_config(sam.config)
+    medsa_config = args.medsa_config()
+    model = get_peft_model(sam, medsa_config)
+    if accelerator.is_main_process:
+        model.print_trainable_parameters()
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    samples = SamTrainingSamples(data.train, data.classes, data.modality, frame, prompt, args.volume_depth)
+    loader = torch.utils.data.DataLoader(
+        samples, batch_size=args.batch_size, shuffle=True, collate_fn=collate_sam, num_workers=args.num_workers
+    )
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate, weight_decay=args.weight_decay
+    )
+    scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if args.compile:
+        model = torch.compile(model)
+    loss_fn = DiceBCELoss()
+    depth = args.volume_depth if args.volume_depth > 1 else None
+
+    def evaluate(tag: str):
+        evaluation = None
+        if accelerator.is_main_process:
+            evaluation = evaluate_model(
+                accelerator.unwrap_model(model), data.evaluation, data.classes, data.modality, frame, prompt,
+                depth=depth, batch_size=args.eval_batch_size, max_cases=args.max_eval_cases, seed=args.seed,
+            )
+            accelerator.print(_summary_line(f"{tag} ({data.evaluation_split})", evaluation.summary, classes))
+        accelerator.wait_for_everyone()
+        return evaluation
+
+    step, before = 0, None
+    checkpoint = latest_checkpoint(output_dir) if args.resume == "latest" else args.resume
+    if args.resume and checkpoint is None:
+        raise FileNotFoundError(f"--resume latest: no complete checkpoint under {output_dir / 'checkpoints'}")
+    if checkpoint is not None:
+        state = load_checkpoint(accelerator, checkpoint)
+        step, before = state["step"], state["metrics_before"]
+        accelerator.print(f"resumed from {checkpoint} at step {step}")
+    else:
+        evaluation = evaluate("step 0")
+        before = evaluation.summary if evaluation else None
+
+    accelerator.init_trackers("medsa", config={k: v for k, v in asdict(args).items() if v is not None})
+    batches_per_epoch = len(loader)
+    steps_per_epoch = max(1, batches_per_epoch // args.gradient_accumulation_steps)
+    progress = tqdm(total=args.max_steps, initial=step, desc="training", disable=not accelerator.is_main_process)
+    model.train()
+    while step < args.max_steps:
+        epoch, done_in_epoch = divmod(step, steps_per_epoch)
+        loader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(loader, done_in_epoch * args.gradient_accumulation_steps)
+        for batch in batches:
+            with accelerator.accumulate(model):
+                inputs = {name: batch[name] for name in PROMPT_INPUTS if name in batch}
+                if "depth" in batch:
+                    inputs["depth"] = batch["depth"]
+                out = model(pixel_values=batch["pixel_values"], multimask_output=False, **inputs)
+                loss = loss_fn(out.pred_masks[:, 0, 0], batch["labels"])
+                if not _loss_is_finite(accelerator, loss):
+                    raise FloatingPointError(
+                        f"the loss became {loss.item()} at step {step}; training stopped before the optimiser "
+                        "applied it, so no broken weights were saved. Lower --learning_rate or check the data."
+                    )
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+            accelerator.log({"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0]}, step=step)
+            if args.eval_every and step % args.eval_every == 0 and step < args.max_steps:
+                evaluation = evaluate(f"step {step}")
+                if evaluation:
+                    accelerator.log({f"eval/{k}": v for k, v in evaluation.summary.items()}, step=step)
+            if args.save_every and step % args.save_every == 0:
+                save_checkpoint(accelerator, output_dir, {"step": step, "metrics_before": before})
+            if step >= args.max_steps:
+                break
+    progress.close()
+
+    _check_replicas_agree(accelerator, model)
+    evaluation = evaluate(f"step {step}")
+    metrics = {}
+    if accelerator.is_main_process:
+        after = evaluation.summary
+        accelerator.log({f"eval/{k}": v for k, v in after.items()}, step=step)
+        metrics = {
+            "dataset": data.name, "dataset_config": data.config_name, "evaluation_split": data.evaluation_split,
+            "prompt": str(prompt), "volume_depth": args.volume_depth, "steps": step,
+            "before": before, "after": after,
+        }
+        write_json(metrics, output_dir / "metrics.json")
+        if evaluation.overlay is not None:
+            save_png(evaluation.overlay, output_dir / "overlay.png")
+        adapter_dir = output_dir / "adapter"
+        accelerator.unwrap_model(model).save_pretrained(adapter_dir)
+        card = build_model_card(
+            model_source, data.name, data.config_name, data.evaluation_split, str(prompt), args.volume_depth,
+            medsa_config, before, after, classes, step,
+        )
+        card.save(adapter_dir / "README.md")
+        print(metrics_table(before, after, classes))
+        if args.push_to_hub:
+            _push(adapter_dir, args.hub_model_id)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return metrics
+
+
+def _push(adapter_dir: Path, repo_id: str) -> None:
+    api = HfApi()
+    repo_id = api.create_repo(repo_id, exist_ok=True).repo_id
+    api.upload_folder(folder_path=str(adapter_dir), repo_id=repo_id, commit_message="Upload Med-SA adapter")
+    print(f"pushed {adapter_dir} to the Hub as {repo_id}")
+
+
+def _default_model() -> Path:
+    from .pretrained import default_model_path
+
+    return default_model_path()
