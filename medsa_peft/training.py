@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
-from huggingface_hub import HfApi
+from huggingface_hub import CommitOperationAdd, HfApi
 from peft import get_peft_model
 from tqdm.auto import tqdm
 from transformers import SamModel, get_cosine_schedule_with_warmup
@@ -260,9 +260,15 @@ def train(args: TrainingArguments) -> dict:
 
 
 def _push(adapter_dir: Path, repo_id: str) -> None:
+    """Upload the adapter folder (weights, config, model card) as one commit."""
     api = HfApi()
     repo_id = api.create_repo(repo_id, exist_ok=True).repo_id
-    api.upload_folder(folder_path=str(adapter_dir), repo_id=repo_id, commit_message="Upload Med-SA adapter")
+    operations = [
+        CommitOperationAdd(path_in_repo=path.relative_to(adapter_dir).as_posix(), path_or_fileobj=str(path))
+        for path in sorted(adapter_dir.rglob("*"))
+        if path.is_file()
+    ]
+    api.create_commit(repo_id=repo_id, operations=operations, commit_message="Upload Med-SA adapter")
     print(f"pushed {adapter_dir} to the Hub as {repo_id}")
 
 

@@ -1,0 +1,141 @@
+"""examples/train.py under Accelerate: learning signal, resume after a kill, two processes, Hub push, NaN stop."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import SamModel
+
+import medsa_peft  # noqa: F401
+from medsa_peft.checkpoints import TRAINER_STATE, checkpoint_dirs, latest_checkpoint
+from medsa_peft.losses import DiceBCELoss
+from medsa_peft.testing import LocalHub, tiny_sam_model
+from medsa_peft.training import TrainingArguments, train
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TRAIN_SCRIPT = str(REPO_ROOT / "examples" / "train.py")
+
+
+@pytest.fixture(scope="module")
+def tiny_sam_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sam")
+    tiny_sam_model().save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def dataset_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("datasets-cache"))
+
+
+def quick_args(tiny_sam_dir, dataset_cache, output_dir, *extra):
+    return [
+        "--model", tiny_sam_dir, "--cache_dir", dataset_cache, "--output_dir", str(output_dir),
+        "--max_eval_cases", "2", "--eval_every", "0", "--report_to", "none", *extra,
+    ]
+
+
+def environment():
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def test_resume_after_a_kill_continues_from_the_last_complete_checkpoint(tiny_sam_dir, dataset_cache, tmp_path):
+    args = quick_args(tiny_sam_dir, dataset_cache, tmp_path, "--max_steps", "400", "--save_every", "2")
+    process = subprocess.Popen(
+        [sys.executable, TRAIN_SCRIPT, *args], env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and len(checkpoint_dirs(tmp_path)) < 2:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)  # no clean-up of any kind, as a crash or a pre-empted node
+    process.wait()
+    assert len(checkpoint_dirs(tmp_path)) >= 2, "the run made no checkpoints before the deadline"
+    killed_at = json.loads((latest_checkpoint(tmp_path) / TRAINER_STATE).read_text())["step"]
+    assert killed_at >= 4 and not (tmp_path / "adapter").exists()
+
+    target = killed_at + 2
+    resumed = subprocess.run(
+        [sys.executable, TRAIN_SCRIPT, *args[:-4], "--save_every", "1", "--max_steps", str(target), "--resume", "latest"],
+        env=environment(), capture_output=True, text=True, timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"at step {killed_at}" in resumed.stdout
+    steps = [json.loads((path / TRAINER_STATE).read_text())["step"] for path in checkpoint_dirs(tmp_path)]
+    assert steps == [target - 1, target]  # two more optimiser steps, counted from the checkpoint
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["steps"] == target
+    assert not list((tmp_path / "checkpoints").glob(".*"))  # nothing half-written left visible or hidden
+
+
+def test_two_processes_train_identical_weights_and_save_one_result(tiny_sam_dir, dataset_cache, tmp_path):
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", TRAIN_SCRIPT,
+        *quick_args(tiny_sam_dir, dataset_cache, tmp_path, "--max_steps", "3", "--save_every", "0"),
+    ]
+    result = subprocess.run(
+        command, env={**environment(), "ACCELERATE_USE_CPU": "true"}, capture_output=True, text=True, timeout=400
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "adapter weights identical on all 2 process(es)" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [
+        "README.md", "adapter_config.json", "adapter_model.safetensors"
+    ]
+    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 3
+
+
+def test_push_to_hub_uploads_a_folder_that_loads(tiny_sam_dir, dataset_cache, tmp_path, monkeypatch):
+    hub = LocalHub(tmp_path / "hub-home")
+    hub.install(monkeypatch.setattr)
+    args = TrainingArguments(
+        model=tiny_sam_dir, cache_dir=dataset_cache, output_dir=str(tmp_path / "run"), max_steps=2, eval_every=0,
+        save_every=0, max_eval_cases=2, report_to="none", push_to_hub=True, hub_model_id="someone/medsa-mni",
+    )
+    metrics = train(args)
+    uploaded = hub.snapshot_dir("someone/medsa-mni")
+    assert sorted(p.name for p in uploaded.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    card = (uploaded / "README.md").read_text()
+    assert "mni152" in card and "box:0.9" in card and "| grey_matter |" in card and "library_name: peft" in card
+    assert f"{metrics['after']['dice']:.4f}" in card
+
+    model = PeftModel.from_pretrained(SamModel.from_pretrained(tiny_sam_dir), uploaded)
+    assert model.peft_config["default"].peft_type == "MEDSA"
+
+
+def test_a_non_finite_loss_stops_training_before_anything_is_saved(tiny_sam_dir, dataset_cache, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_forward = DiceBCELoss.forward
+
+    def loss_that_blows_up(self, logits, targets):
+        calls["n"] += 1
+        loss = real_forward(self, logits, targets)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(DiceBCELoss, "forward", loss_that_blows_up)
+    args = TrainingArguments(
+        model=tiny_sam_dir, cache_dir=dataset_cache, output_dir=str(tmp_path), max_steps=5, eval_every=0,
+        save_every=1, max_eval_cases=1, report_to="none",
+    )
+    with pytest.raises(FloatingPointError, match="loss became nan at step 2"):
+        train(args)
+    assert [path.name for path in checkpoint_dirs(tmp_path)] == ["step-000001", "step-000002"]
+    assert not (tmp_path / "adapter").exists() and not (tmp_path / "metrics.json").exists()
+    saved = load_file(latest_checkpoint(tmp_path) / "model.safetensors")
+    assert all(torch.isfinite(tensor).all() for tensor in saved.values())
+
+
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(ValueError, match="cannot parse prompt"):
+        TrainingArguments(prompt="lasso")
+    with pytest.raises(ValueError, match="hub_model_id"):
+        TrainingArguments(push_to_hub=True)
+    with pytest.raises(ValueError, match="volume_depth"):
+        TrainingArguments(volume_depth=0)
