@@ -32,9 +32,9 @@ class DecodedExample:
     label: np.ndarray
     spacing: tuple[float, float, float]
 
-    def class_mask(self, values: Sequence[int]) -> np.ndarray:
-        """(H, W, D) bool: the voxels whose label is one of `values`."""
-        return np.isin(self.label, values)
+    def class_mask(self, values: Sequence[int], start: int = 0, stop: int | None = None) -> np.ndarray:
+        """(H, W, D) bool over slices `start:stop`: the voxels whose label is one of `values`."""
+        return np.isin(self.label[:, :, start:stop], values)
 
     def sam_pixel_values(self, image_size: int, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Slices `start:stop` of the depth axis in SAM's frame: (D, 3, S, S) float32."""

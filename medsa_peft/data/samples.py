@@ -110,26 +110,27 @@ class SamTrainingSamples(torch.utils.data.Dataset):
                 self._cache.popitem(last=False)
         return self._cache[index]
 
-    def _chunk_start(self, mask: np.ndarray, voxel_indices: np.ndarray, rng: np.random.Generator) -> int:
+    def _chunk_start(self, decoded: DecodedExample, voxel_indices: np.ndarray, rng: np.random.Generator) -> int:
+        """First slice of a chunk centred on a random voxel of the class (flat `voxel_indices`), kept inside."""
         cropper = RandCropByLabelClasses(
             spatial_size=(-1, -1, self.volume_depth), num_samples=1, indices=[voxel_indices], warn=False
         )
         cropper.set_random_state(seed=int(rng.integers(2**31)))
-        cropper.randomize(label=mask[None])
+        cropper.randomize(image=decoded.image[None, ..., 0])  # with the indices given, the image only sets the shape
         return cropper.centers[0][2] - self.volume_depth // 2
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         index, class_name = self.items[item]
         decoded, voxel_indices = self._cached(index)
+        values = self.classes[class_name]
         rng = self._generator()
-        mask = decoded.class_mask(self.classes[class_name])
         start = 0
         if self.is_volume:
             if class_name not in voxel_indices:
-                voxel_indices[class_name] = np.flatnonzero(mask)
-            start = self._chunk_start(mask, voxel_indices[class_name], rng)
+                voxel_indices[class_name] = np.flatnonzero(decoded.class_mask(values))
+            start = self._chunk_start(decoded, voxel_indices[class_name], rng)
         stop = start + self.volume_depth
-        chunk_masks = np.moveaxis(mask[:, :, start:stop], 2, 0)
+        chunk_masks = np.moveaxis(decoded.class_mask(values, start, stop), 2, 0)
         prompt_sources = chunk_masks[nearest_present_slices(chunk_masks.any(axis=(1, 2)))]
         sample = {
             "pixel_values": decoded.sam_pixel_values(self.frame.image_size, start, stop),
