@@ -20,6 +20,9 @@ from .metrics import MaskScores, mask_scores, summarize
 from .visualize import PREDICTION_COLOUR, TRUTH_COLOUR, overlay
 
 
+SHOWCASE_MIN_SIZE = 384
+
+
 @dataclass
 class Evaluation:
     """Scores of one evaluation run: `summary` as `metrics.summarize` gives it, the per-volume scores, and an
@@ -92,7 +95,9 @@ def _showcase_picture(case: EvaluationCase, logits: torch.Tensor, image_size: in
     upsampled = F.interpolate(logits[index][None, None], (image_size, image_size), mode="bilinear")[0, 0]
     prediction = (upsampled > 0)[:height, :width].numpy()
     truth = frame_masks(case.truth[None, :, :, index], image_size)[0, :height, :width].numpy()
-    return overlay(image, [(truth, TRUTH_COLOUR), (prediction, PREDICTION_COLOUR)])
+    picture = overlay(image, [(truth, TRUTH_COLOUR), (prediction, PREDICTION_COLOUR)])
+    zoom = max(1, -(-SHOWCASE_MIN_SIZE // max(height, width)))  # small frames are enlarged to be seen
+    return picture.resize((width * zoom, height * zoom), Image.NEAREST)
 
 
 def evaluate_model(
