@@ -167,14 +167,14 @@ def train(args: TrainingArguments) -> dict:
     depth = args.volume_depth if args.volume_depth > 1 else None
 
     def evaluate(tag: str):
-        evaluation = None
-        if accelerator.is_main_process:
-            evaluation = evaluate_model(
-                accelerator.unwrap_model(model), data.evaluation, data.classes, data.modality, frame, prompt,
-                depth=depth, batch_size=args.eval_batch_size, max_cases=args.max_eval_cases, seed=args.seed,
-            )
-            accelerator.print(_summary_line(f"{tag} ({data.evaluation_split})", evaluation.summary, classes))
-        accelerator.wait_for_everyone()
+        # Every process runs the evaluation (a sharded FSDP model needs all of them for a forward); the main
+        # process reports it.
+        evaluation = evaluate_model(
+            model, data.evaluation, data.classes, data.modality, frame, prompt, depth=depth,
+            batch_size=args.eval_batch_size, max_cases=args.max_eval_cases, seed=args.seed,
+            progress=accelerator.is_main_process,
+        )
+        accelerator.print(_summary_line(f"{tag} ({data.evaluation_split})", evaluation.summary, classes))
         return evaluation
 
     step, before = 0, None
@@ -186,8 +186,7 @@ def train(args: TrainingArguments) -> dict:
         step, before = state["step"], state["metrics_before"]
         accelerator.print(f"resumed from {checkpoint} at step {step}")
     else:
-        evaluation = evaluate("step 0")
-        before = evaluation.summary if evaluation else None
+        before = evaluate("step 0").summary
 
     accelerator.init_trackers("medsa", config={k: v for k, v in asdict(args).items() if v is not None})
     batches_per_epoch = len(loader)
@@ -221,9 +220,7 @@ def train(args: TrainingArguments) -> dict:
             progress.set_postfix(loss=f"{loss.item():.4f}")
             accelerator.log({"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0]}, step=step)
             if args.eval_every and step % args.eval_every == 0 and step < args.max_steps:
-                evaluation = evaluate(f"step {step}")
-                if evaluation:
-                    accelerator.log({f"eval/{k}": v for k, v in evaluation.summary.items()}, step=step)
+                accelerator.log({f"eval/{k}": v for k, v in evaluate(f"step {step}").summary.items()}, step=step)
             if args.save_every and step % args.save_every == 0:
                 save_checkpoint(accelerator, output_dir, {"step": step, "metrics_before": before})
             if step >= args.max_steps:
@@ -232,6 +229,7 @@ def train(args: TrainingArguments) -> dict:
 
     _check_replicas_agree(accelerator, model)
     evaluation = evaluate(f"step {step}")
+    state_dict = accelerator.get_state_dict(model)  # gathers sharded (FSDP) weights; every process takes part
     metrics = {}
     if accelerator.is_main_process:
         after = evaluation.summary
@@ -245,7 +243,7 @@ def train(args: TrainingArguments) -> dict:
         if evaluation.overlay is not None:
             save_png(evaluation.overlay, output_dir / "overlay.png")
         adapter_dir = output_dir / "adapter"
-        accelerator.unwrap_model(model).save_pretrained(adapter_dir)
+        accelerator.unwrap_model(model).save_pretrained(adapter_dir, state_dict=state_dict)
         card = build_model_card(
             model_source, data.name, data.config_name, data.evaluation_split, str(prompt), args.volume_depth,
             medsa_config, before, after, classes, step,
