@@ -4,7 +4,8 @@ the parquet export for the Hub.
 Every clinical set is read from its manual download in ``data_dir`` (nothing is downloaded). The layout is
 checked before a single example is written, so a missing label, a truncated file or an image/label size
 mismatch stops ``download_and_prepare()`` with an error that names the file. Volumes are checked from their
-NIfTI header and gzip trailer only; they are served by path, never decoded while preparing.
+NIfTI header and gzip trailer (decompressed only when the trailer disagrees) and served by path, so preparing
+never decodes a volume.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import io
 import os
 import zlib
 from collections import deque
@@ -108,7 +110,7 @@ def data_root(config: datasets.BuilderConfig, dataset_name: str) -> Path:
             f"{dataset_name} is not downloadable: download it by hand and pass data_dir=<folder> "
             "(expected layouts: docs/datasets.md)"
         )
-    root = Path(config.data_dir).expanduser()
+    root = Path(config.data_dir).expanduser().resolve()  # examples store file paths: they must not be relative
     if not root.is_dir():
         raise MissingDataError(f"{dataset_name} data_dir {root} is not a folder")
     if not any(root.iterdir()):
@@ -132,14 +134,6 @@ def find_dir(root: Path, relative: str, max_depth: int = 3) -> Path | None:
     return None
 
 
-def require_dir(root: Path, relative: str, max_depth: int = 3) -> Path:
-    """`find_dir`, raising `MissingDataError` when the folder is not there."""
-    found = find_dir(root, relative, max_depth)
-    if found is None:
-        raise MissingDataError(f"no folder {relative!r} in {root} (searched {max_depth} levels down)")
-    return found
-
-
 def list_files(folder: Path, suffixes: tuple[str, ...], recursive: bool = False) -> list[Path]:
     """Sorted files of ``folder`` whose name ends with one of ``suffixes`` (case-insensitive); never empty."""
     candidates = folder.rglob("*") if recursive else folder.iterdir()
@@ -149,26 +143,24 @@ def list_files(folder: Path, suffixes: tuple[str, ...], recursive: bool = False)
     return files
 
 
-def files_by_name(folder: Path, recursive: bool = False) -> dict[str, Path]:
+def files_by_name(folder: Path, recursive: bool = False) -> dict[str, list[Path]]:
     """Files of ``folder`` keyed by lower-cased file name, so label look-ups ignore the case of the name."""
     candidates = folder.rglob("*") if recursive else folder.iterdir()
-    index: dict[str, Path] = {}
+    index: dict[str, list[Path]] = {}
     for path in sorted(candidates):
-        if not path.is_file():
-            continue
-        key = path.name.lower()
-        if key in index:
-            raise CorruptDataError(f"two files named {path.name} under {folder}: {index[key]} and {path}")
-        index[key] = path
+        if path.is_file():
+            index.setdefault(path.name.lower(), []).append(path)
     return index
 
 
-def label_for(image: Path, labels: dict[str, Path], name: str, folder: Path) -> Path:
+def label_for(image: Path, labels: dict[str, list[Path]], name: str, folder: Path) -> Path:
     """The label file ``name`` of ``image`` from a `files_by_name` index of ``folder``."""
-    try:
-        return labels[name.lower()]
-    except KeyError:
-        raise MissingDataError(f"no label for image {image}: expected {name} in {folder}") from None
+    found = labels.get(name.lower(), [])
+    if not found:
+        raise MissingDataError(f"no label for image {image}: expected {name} in {folder}")
+    if len(found) > 1:
+        raise CorruptDataError(f"label of image {image} is ambiguous: {', '.join(map(str, found))}")
+    return found[0]
 
 
 def cases_from_folder_pairs(
@@ -231,11 +223,11 @@ def nifti_geometry(path: Path) -> tuple[tuple[int, int, int], tuple[float, float
         shape, data_start, itemsize = tuple(int(n) for n in voxels.shape), int(voxels.offset), voxels.dtype.itemsize
     except Exception as error:  # nibabel raises many types for a broken file; all mean "unreadable"
         raise CorruptDataError(f"{path}: not a readable NIfTI file ({error})") from error
-    if len(shape) < 3 or any(n != 1 for n in shape[3:]):
+    if len(shape) != 3:
         raise CorruptDataError(f"{path}: expected a 3D volume, header shape is {shape}")
     _require_complete(path, data_start + int(np.prod(shape)) * itemsize)
     spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
-    return shape[:3], spacing
+    return shape, spacing
 
 
 def _require_complete(path: Path, expected_bytes: int) -> None:
@@ -252,8 +244,12 @@ def _require_complete(path: Path, expected_bytes: int) -> None:
         )
 
 
+# io.open and GzipFile, not open and gzip.open: datasets swaps those two names in builder modules for its
+# streaming wrappers, and the patched gzip.open leaves the underlying file open.
+
+
 def _gzip_trailer_size(path: Path) -> int:
-    with open(path, "rb") as file:
+    with io.open(path, "rb") as file:
         file.seek(-4, os.SEEK_END)
         return int.from_bytes(file.read(4), "little")
 
@@ -261,7 +257,7 @@ def _gzip_trailer_size(path: Path) -> int:
 def _gunzipped_size(path: Path) -> int:
     size = 0
     try:
-        with gzip.open(path, "rb") as stream:
+        with io.open(path, "rb") as file, gzip.GzipFile(fileobj=file) as stream:
             while chunk := stream.read(1 << 24):
                 size += len(chunk)
     except (EOFError, OSError, zlib.error) as error:
@@ -323,22 +319,35 @@ def binary_label_map(mask: np.ndarray) -> np.ndarray:
 # Base builders
 
 
-class VolumeBuilder(datasets.GeneratorBasedBuilder):
-    """A 3D builder: subclasses list their labelled cases per split in `_find_cases`."""
+class ManualDownloadBuilder(datasets.GeneratorBasedBuilder):
+    """A builder of a set read from its manual download; the class docstring is the description."""
 
     HOMEPAGE = ""
     CITATION = ""
 
+    def _features(self) -> datasets.Features:
+        raise NotImplementedError
+
     def _info(self) -> datasets.DatasetInfo:
         return datasets.DatasetInfo(
-            description=self.__doc__, features=volume_features(), homepage=self.HOMEPAGE, citation=self.CITATION
+            description=self.__doc__, features=self._features(), homepage=self.HOMEPAGE, citation=self.CITATION
         )
+
+    def _root(self) -> Path:
+        return data_root(self.config, type(self).__name__)
+
+
+class VolumeBuilder(ManualDownloadBuilder):
+    """A 3D builder: subclasses list their labelled cases per split in `_find_cases`."""
+
+    def _features(self) -> datasets.Features:
+        return volume_features()
 
     def _find_cases(self, root: Path) -> dict[str, list[VolumeCase]]:
         raise NotImplementedError
 
     def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
-        cases = self._find_cases(data_root(self.config, type(self).__name__))
+        cases = self._find_cases(self._root())
         return [
             datasets.SplitGenerator(name=split, gen_kwargs={"examples": [_volume_example(c) for c in split_cases]})
             for split, split_cases in cases.items()
@@ -355,20 +364,13 @@ def _volume_example(case: VolumeCase) -> dict:
     return {"id": case.id, "image": str(case.image), "label": str(case.label), "spacing": list(spacing)}
 
 
-class ImageBuilder(datasets.GeneratorBasedBuilder):
+class ImageBuilder(ManualDownloadBuilder):
     """A 2D builder: subclasses list cases per split in `_find_cases` and turn label files into label maps."""
 
-    HOMEPAGE = ""
-    CITATION = ""
     WITH_RATERS = False
 
-    def _info(self) -> datasets.DatasetInfo:
-        return datasets.DatasetInfo(
-            description=self.__doc__,
-            features=image_features(self.WITH_RATERS),
-            homepage=self.HOMEPAGE,
-            citation=self.CITATION,
-        )
+    def _features(self) -> datasets.Features:
+        return image_features(self.WITH_RATERS)
 
     def _find_cases(self, root: Path) -> dict[str, list[ImageCase]]:
         raise NotImplementedError
@@ -378,7 +380,7 @@ class ImageBuilder(datasets.GeneratorBasedBuilder):
         return binary_label_map(read_gray(case.label)), []
 
     def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
-        cases = self._find_cases(data_root(self.config, type(self).__name__))
+        cases = self._find_cases(self._root())
         for split_cases in cases.values():
             for case in split_cases:
                 check_image_case(case)

@@ -8,6 +8,8 @@ from pathlib import Path
 from ._common import MissingDataError, SegmentationConfig, VolumeBuilder, VolumeCase, find_dir, held_out
 
 SEQUENCES = ("flair", "t1", "t1ce", "t2")
+# The training archive as named by the Kaggle copy and by the Synapse release; else data_dir holds the cases.
+TRAINING_FOLDERS = ("BraTS2021_Training_Data", "RSNA_ASNR_MICCAI_BraTS2021_TrainingData_16July2021")
 # Label values of BraTS 2021: 1 necrotic tumour core, 2 peritumoral edema, 4 enhancing tumour.
 LABELS = {"NCR": (1,), "ED": (2,), "ET": (4,)}
 # The evaluation regions of the challenge: whole tumour, tumour core, enhancing tumour.
@@ -47,7 +49,8 @@ class BraTS(VolumeBuilder):
     def _find_cases(self, root: Path) -> dict[str, list[VolumeCase]]:
         if self.config.sequence not in SEQUENCES:
             raise ValueError(f"BraTS sequence must be one of {SEQUENCES}, got {self.config.sequence!r}")
-        training = find_dir(root, "BraTS2021_Training_Data", max_depth=2) or root
+        found = (find_dir(root, folder, max_depth=2) for folder in TRAINING_FOLDERS)
+        training = next((folder for folder in found if folder is not None), root)
         case_dirs = sorted(p for p in training.iterdir() if p.is_dir() and p.name.startswith("BraTS2021_"))
         if not case_dirs:
             raise MissingDataError(f"no BraTS2021_XXXXX case folders in {training}")

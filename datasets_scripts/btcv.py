@@ -75,7 +75,9 @@ class BTCV(VolumeBuilder):
             held_out_cases=TRANSUNET_TEST,
             held_out_split="test",
         ),
-        _config("monai_json", "splits read from dataset_0.json in data_dir (MONAI layout)", split_json="dataset_0.json"),
+        _config(
+            "monai_json", "splits read from dataset_0.json in data_dir (MONAI layout)", split_json="dataset_0.json"
+        ),
     ]
     DEFAULT_CONFIG_NAME = "swin_unetr"
 

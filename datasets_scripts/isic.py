@@ -57,6 +57,7 @@ ISIC_CONFIGS = [
     ),
 ]
 
+
 class ISIC(ImageBuilder):
     """ISIC dermoscopic images with a binary lesion mask (0 background, 255 lesion)."""
 

@@ -50,6 +50,7 @@ def test_btcv_swin_unetr_split_serves_volumes_with_header_spacing(tmp_path, prep
     btcv = prepare(BTCV, data_dir, "swin_unetr")
 
     assert split_sizes(btcv) == {"train": 24, "validation": 6}
+    assert btcv["train"].features == _common.volume_features()
     assert btcv["validation"]["id"] == [f"img{n:04d}" for n in range(35, 41)]
     example = btcv["train"][0]
     assert example["id"] == "img0001"
@@ -76,12 +77,15 @@ def test_btcv_transunet_split_holds_out_its_12_test_cases(tmp_path, prepare):
     assert btcv["test"]["id"][:5] == ["img0001", "img0002", "img0003", "img0004", "img0008"]
 
 
-def test_btcv_reads_a_monai_dataset_json(tmp_path, prepare):
-    data_dir = fixtures.write_btcv_monai(tmp_path / "btcv", training=(1, 2, 3), validation=(4,))
-    btcv = prepare(BTCV, data_dir, "monai_json")
+def test_btcv_reads_a_monai_dataset_json_from_a_relative_data_dir(tmp_path, prepare, monkeypatch):
+    fixtures.write_btcv_monai(tmp_path / "btcv", training=(1, 2, 3), validation=(4,))
+    monkeypatch.chdir(tmp_path)
+    btcv = prepare(BTCV, "btcv", "monai_json")
+    monkeypatch.chdir(tmp_path / "btcv" / "imagesTr")  # examples hold absolute paths
 
     assert split_sizes(btcv) == {"train": 3, "validation": 1}
     assert btcv["validation"][0]["id"] == "img0004"
+    np.testing.assert_array_equal(btcv["validation"][0]["image"].get_fdata(), fixtures.ct_volume(4))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -164,14 +168,17 @@ def test_refuge2_reads_train_val_test_folders(tmp_path, prepare):
 
 
 @pytest.mark.parametrize(
-    ("edition", "sizes"), [("isic2016", {"train": 4, "test": 2}), ("isic2018", {"train": 3, "validation": 1, "test": 2})]
+    ("edition", "sizes"),
+    [("isic2016", {"train": 4, "test": 2}), ("isic2018", {"train": 3, "validation": 1, "test": 2})],
 )
 def test_isic_pairs_images_with_lesion_masks(tmp_path, prepare, edition, sizes):
     isic = prepare(ISIC, fixtures.write_isic(tmp_path / "isic", edition), edition)
 
     assert split_sizes(isic) == sizes
+    assert isic["train"].features == _common.image_features()
     example = isic["train"][0]
     assert example["id"] == "ISIC_0000000"
+    assert example["label"].mode == "L"
     assert example["image"].size == (fixtures.IMAGE_SIZE, fixtures.IMAGE_SIZE)
     np.testing.assert_array_equal(pixels(example["label"]) == 255, fixtures.disc())
     assert ISIC.builder_configs[edition].classes == {"lesion": (255,)}
@@ -286,6 +293,13 @@ def test_nifti_with_fewer_voxels_than_its_header_promises_is_rejected(tmp_path, 
         _common.nifti_geometry(plain)
 
 
+def test_volume_that_is_not_3d_is_rejected(tmp_path, prepare):
+    data_dir = fixtures.write_btcv_monai(tmp_path / "btcv", training=(1,), validation=())
+    fixtures.write_nifti(data_dir / "imagesTr" / "img0001.nii.gz", np.zeros((16, 16, 6, 1), np.int16))
+    with pytest.raises(CorruptDataError, match=r"img0001\.nii\.gz: expected a 3D volume.*\(16, 16, 6, 1\)"):
+        prepare(BTCV, data_dir, "monai_json")
+
+
 def test_unreadable_nifti_is_rejected(tmp_path, prepare):
     data_dir = fixtures.write_btcv_monai(tmp_path / "btcv")
     (data_dir / "labelsTr" / "label0003.nii.gz").write_bytes(b"not a volume")
@@ -314,6 +328,19 @@ def test_mask_of_another_size_is_rejected(tmp_path, prepare):
     fixtures.write_mask(mask, np.zeros((20, 32), np.uint8))
     with pytest.raises(CorruptDataError, match=r"V0002\.bmp.*\(32, 20\).*V0002\.jpg.*\(32, 32\)"):
         prepare(REFUGE, data_dir, "official")
+
+
+def test_two_masks_of_one_name_are_ambiguous_but_other_repeated_files_do_not_matter(tmp_path, prepare):
+    data_dir = fixtures.write_refuge_official(tmp_path / "refuge")
+    masks = data_dir / "Annotation-Training400" / "Annotation-Training400" / "Disc_Cup_Masks"
+    for group in ("Glaucoma", "Non-Glaucoma"):
+        (masks / group / ".DS_Store").write_bytes(b"")
+    shutil.copy(masks / "Glaucoma" / "g0002.bmp", masks / "Non-Glaucoma" / "g0002.bmp")
+    with pytest.raises(CorruptDataError, match=r"g0002\.jpg is ambiguous.*Glaucoma/g0002\.bmp"):
+        prepare(REFUGE, data_dir, "official")
+
+    (masks / "Non-Glaucoma" / "g0002.bmp").unlink()
+    assert split_sizes(prepare(REFUGE, data_dir, "official"))["train"] == 4
 
 
 def test_missing_ground_truth_folder_is_named(tmp_path, prepare):
