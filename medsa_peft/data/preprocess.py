@@ -21,7 +21,7 @@ SAM_PIXEL_MEAN = (0.485, 0.456, 0.406)
 SAM_PIXEL_STD = (0.229, 0.224, 0.225)
 CT_WINDOW_HU = (-175.0, 250.0)
 MRI_PERCENTILES = (0.5, 99.5)
-PHOTO_MODALITIES = ("fundus", "dermoscopy", "ultrasound")
+PHOTO_MODALITIES = ("fundus", "dermoscopy", "ultrasound", "photo")  # 8-bit pictures: value / 255
 MODALITIES = ("ct", "mri", *PHOTO_MODALITIES)
 
 
