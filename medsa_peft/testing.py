@@ -136,3 +136,14 @@ class LocalHub:
             "create_commit",
             lambda api, repo_id, operations, **kwargs: self.create_commit(repo_id, operations, **kwargs),
         )
+
+
+@torch.no_grad()
+def randomize_adapters(model: torch.nn.Module, std: float = 0.05, seed: int = 1) -> torch.nn.Module:
+    """Give every Med-SA adapter parameter a random value in place (a fresh zero-init adapter computes exactly
+    SAM, so tests of save / load / inference need adapters that change the output); returns `model.eval()`."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, param in model.named_parameters():
+        if ".medsa_" in name:
+            param.copy_((torch.randn(param.shape, generator=generator) * std).to(param.dtype))
+    return model.eval()

@@ -15,19 +15,14 @@ from medsa_peft import MedSAConfig
 from medsa_peft.data.preprocess import frame_coordinates, frame_images, sam_logits_to_original
 from medsa_peft.inference import AdapterNotFoundError, Box3D, MedSAPredictor, PromptError, SlicePrompt
 from medsa_peft.io import UnsupportedFileError, read_image
+from medsa_peft.testing import randomize_adapters
 
 SIZE = 64  # image_size of the tiny SAM
 
 
 def medsa_model(sam, depth_adapter: bool, seed: int = 1):
     """SAM + a Med-SA adapter whose weights are random (a fresh adapter computes exactly SAM)."""
-    model = get_peft_model(sam, MedSAConfig(depth_adapter=depth_adapter))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if ".medsa_" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
-    return model.eval()
+    return randomize_adapters(get_peft_model(sam, MedSAConfig(depth_adapter=depth_adapter)), seed=seed)
 
 
 def saved_model(sam, tmp_path: Path, depth_adapter: bool) -> tuple[Path, Path]:

@@ -15,7 +15,7 @@ from transformers import SamModel
 
 import medsa_peft  # noqa: F401
 from medsa_peft import MedSAConfig
-from medsa_peft.testing import LocalHub, randomize_weights
+from medsa_peft.testing import LocalHub, randomize_adapters
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -31,13 +31,7 @@ def inputs(n=4, seed=0):
 
 
 def adapter_model(sam, config, seed=1):
-    model = get_peft_model(sam, config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if ".medsa_" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
-    return model.eval()
+    return randomize_adapters(get_peft_model(sam, config), seed=seed)
 
 
 def assert_same_output(got, expected):
