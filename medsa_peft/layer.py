@@ -13,7 +13,13 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.sam.modeling_sam import SamTwoWayAttentionBlock, SamVisionLayer
 
-from .adapters import BottleneckAdapter, HyperPromptAdapter, adapter_width, depth_attention
+from .adapters import (
+    BottleneckAdapter,
+    HyperPromptAdapter,
+    adapter_width,
+    depth_attention,
+    rel_pos_attention,
+)
 from .config import MedSAConfig
 
 
@@ -77,6 +83,9 @@ class MedSAVisionLayer(GradientCheckpointingLayer, MedSALayer):
     def __init__(self, base_layer: SamVisionLayer, adapter_name: str, config: MedSAConfig):
         super().__init__()
         self._init_adapter_containers(base_layer)
+        # False: SAM's own attention module runs. `performance.use_fused_attention` switches to `rel_pos_attention`,
+        # the same function with no (HW x HW) bias, whose qkv projection the depth branch then reuses.
+        self.fused_attention = False
         self.update_layer(adapter_name, config)
 
     def update_layer(self, adapter_name: str, config: MedSAConfig) -> None:
@@ -90,8 +99,8 @@ class MedSAVisionLayer(GradientCheckpointingLayer, MedSALayer):
     def has_depth_adapter(self, adapter_name: str) -> bool:
         return adapter_name in self.medsa_depth_adapter
 
-    def _spatial_attention(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """SAM's frozen windowed or global attention, relative positions included."""
+    def _sam_attention(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """SAM's frozen windowed or global attention module, relative positions included."""
         base = self.base_layer
         if base.window_size > 0:
             height, width = hidden_states.shape[1:3]
@@ -100,17 +109,40 @@ class MedSAVisionLayer(GradientCheckpointingLayer, MedSALayer):
             return base.window_unpartition(attended, base.window_size, padding_shape, (height, width))
         return base.attn(hidden_states)[0]
 
+    def _fused_attention(
+        self, hidden_states: torch.Tensor, keep_qkv: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The same attention through `rel_pos_attention`, and with `keep_qkv` the qkv projection of the
+        un-windowed tokens, (N, H, W, 3 C), for the depth branch."""
+        base = self.base_layer
+        window = base.window_size
+        if window == 0:
+            qkv_states = base.attn.qkv(hidden_states)
+            return rel_pos_attention(base.attn, qkv_states), qkv_states
+        height, width = hidden_states.shape[1:3]
+        windows, padding_shape = base.window_partition(hidden_states, window)
+        qkv_windows = base.attn.qkv(windows)  # padding tokens get qkv's bias, as in SAM
+        attended = rel_pos_attention(base.attn, qkv_windows)
+        attended = base.window_unpartition(attended, window, padding_shape, (height, width))
+        if not keep_qkv:
+            return attended, None
+        return attended, base.window_unpartition(qkv_windows, window, padding_shape, (height, width))
+
     def forward(self, hidden_states: torch.Tensor, depth: int = 1) -> torch.Tensor:
         base = self.base_layer
         adapter = self._current_adapter()
+        with_depth = adapter in self.medsa_depth_adapter
         normed = base.layer_norm1(hidden_states)
-        attended = self._spatial_attention(normed)
+        if self.fused_attention:
+            attended, qkv_states = self._fused_attention(normed, keep_qkv=with_depth)
+        else:
+            attended, qkv_states = self._sam_attention(normed), None
         if adapter in self.medsa_space_adapter:
             attended = attended + self.medsa_space_adapter[adapter](attended)
-        if adapter in self.medsa_depth_adapter:
-            across_slices = depth_attention(
-                normed, depth, base.attn.qkv, base.attn.proj, base.attn.num_attention_heads
-            )
+        if with_depth:
+            if qkv_states is None:
+                qkv_states = base.attn.qkv(normed)
+            across_slices = depth_attention(qkv_states, depth, base.attn.proj, base.attn.num_attention_heads)
             attended = attended + self.medsa_depth_adapter[adapter](across_slices)
         hidden_states = hidden_states + attended
         normed = base.layer_norm2(hidden_states)

@@ -1,0 +1,147 @@
+"""Fast paths: the fused relative-position attention, and Med-SA layers under torch.compile without graph breaks.
+
+The compile tests use the "aot_eager" backend: Dynamo captures the whole layer (fullgraph=True fails on any graph
+break) and AOTAutograd traces forward and backward, without the minutes a C++ inductor build takes on a CPU.
+"""
+
+import pytest
+import torch
+from peft import get_peft_model
+
+import medsa_peft  # noqa: F401  (registers MEDSA)
+from medsa_peft import MedSAConfig
+from medsa_peft.adapters import rel_pos_attention
+from medsa_peft.layer import MedSATwoWayLayer, MedSAVisionLayer
+from medsa_peft.performance import compile_sam_layers, use_fused_attention
+from medsa_peft.testing import tiny_sam_model
+
+COMPILE = {"backend": "aot_eager", "fullgraph": True}
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def official_3d(sam):
+    """Med-SA with every encoder adapter and HyP-Adpt, all non-zero (torch's default init)."""
+    return get_peft_model(sam, MedSAConfig(depth_adapter=True, init="official"))
+
+
+def layers_of(model, kind):
+    return [module for module in model.modules() if isinstance(module, kind)]
+
+
+def output_and_grads(function, inputs, parameters):
+    out = function(*inputs)
+    out = out[0] if isinstance(out, tuple) else out
+    grads = torch.autograd.grad(out.square().sum(), [*inputs, *parameters])
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("window_size", [6, 0], ids=["windowed-padded", "global"])
+def test_fused_attention_is_sams_attention(window_size):
+    """Same output and gradients as SAM's own attention, padding of the windows included (16 = 6 + 6 + 4)."""
+    sam = tiny_sam_model(image_size=128, window_size=6)  # 16 x 16 tokens
+    layer = next(layer for layer in sam.vision_encoder.layers if layer.window_size == window_size)
+    side = window_size or 16
+    tokens = torch.randn(3, side, side, 32, requires_grad=True)
+    parameters = [layer.attn.rel_pos_h, layer.attn.rel_pos_w, layer.attn.qkv.weight]
+
+    expected, expected_grads = output_and_grads(layer.attn, [tokens], parameters)
+    got, got_grads = output_and_grads(lambda x: rel_pos_attention(layer.attn, layer.attn.qkv(x)), [tokens], parameters)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    for got_grad, expected_grad in zip(got_grads, expected_grads):
+        torch.testing.assert_close(got_grad, expected_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_fused_attention_model_matches_plain_model(sam):
+    model = official_3d(sam)
+    pixels, boxes = torch.randn(4, 3, 64, 64), torch.tensor([[[4.0, 6.0, 40.0, 50.0]]]).repeat(4, 1, 1)
+    with torch.no_grad():
+        expected = model(pixel_values=pixels, depth=2, input_boxes=boxes).pred_masks
+        got = use_fused_attention(model)(pixel_values=pixels, depth=2, input_boxes=boxes).pred_masks
+        restored = use_fused_attention(model, enabled=False)(pixel_values=pixels, depth=2, input_boxes=boxes)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert torch.equal(restored.pred_masks, expected)
+
+
+@pytest.mark.parametrize("layer_index, fused", [(0, True), (1, False)], ids=["windowed-fused", "global-sam"])
+def test_vision_layer_compiles_in_one_graph_and_matches_eager(sam, layer_index, fused):
+    model = official_3d(sam)
+    if fused:
+        use_fused_attention(model)
+    layer = layers_of(model, MedSAVisionLayer)[layer_index]
+    tokens = torch.randn(4, 8, 8, 32, requires_grad=True)
+    adapters = [p for p in layer.parameters() if p.requires_grad]
+
+    expected, expected_grads = output_and_grads(lambda x: layer(x, depth=2), [tokens], adapters)
+    compiled = torch.compile(layer, **COMPILE)
+    got, got_grads = output_and_grads(lambda x: compiled(x, depth=2), [tokens], adapters)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    for got_grad, expected_grad in zip(got_grads, expected_grads):
+        torch.testing.assert_close(got_grad, expected_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_two_way_layer_with_hyper_adapter_compiles_in_one_graph_and_matches_eager(sam):
+    layer = layers_of(official_3d(sam), MedSATwoWayLayer)[1]
+    # queries: 5 output tokens + 2 box corners; keys: the 8 x 8 image tokens
+    queries, keys = torch.randn(2, 1, 7, 32, requires_grad=True), torch.randn(2, 1, 64, 32, requires_grad=True)
+    query_pe, key_pe = torch.randn(2, 1, 7, 32), torch.randn(2, 1, 64, 32)
+    adapters = [p for p in layer.parameters() if p.requires_grad]
+
+    def keys_out(block):
+        return lambda q, k: block(q, k, query_pe, key_pe)[1]
+
+    expected, expected_grads = output_and_grads(keys_out(layer), [queries, keys], adapters)
+    got, got_grads = output_and_grads(keys_out(torch.compile(layer, **COMPILE)), [queries, keys], adapters)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    for got_grad, expected_grad in zip(got_grads, expected_grads):
+        torch.testing.assert_close(got_grad, expected_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_compiled_layers_train_a_volume_with_checkpointing_without_recompiling(sam):
+    """compile_sam_layers + activation checkpointing + depth: eager's gradients, and one graph per layer kind."""
+    pixels, boxes = torch.randn(4, 3, 64, 64), torch.tensor([[[4.0, 6.0, 40.0, 50.0]]]).repeat(4, 1, 1)
+
+    def adapter_grads(model):
+        model.zero_grad()
+        model(pixel_values=pixels, depth=2, input_boxes=boxes).pred_masks.square().mean().backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+
+    def graphs_so_far():
+        return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+    eager = use_fused_attention(official_3d(sam))
+    expected = adapter_grads(eager)
+    compiled = compile_sam_layers(eager, backend="aot_eager")
+    compiled.train()
+    compiled.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    before = graphs_so_far()
+    got = adapter_grads(compiled)
+    after_first_call = graphs_so_far()
+    adapter_grads(compiled)
+
+    # a windowed and a global image-encoder layer, the first two-way block (skips its PE) and the second
+    assert after_first_call - before == 4
+    assert graphs_so_far() == after_first_call, "a second call recompiled"
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_compile_sam_layers_compiles_plain_sam_too(sam):
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = sam(pixel_values=pixels, multimask_output=False).pred_masks
+        got = compile_sam_layers(sam, backend="aot_eager")(pixel_values=pixels, multimask_output=False).pred_masks
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_helpers_refuse_models_without_their_layers():
+    with pytest.raises(ValueError, match="no Med-SA image-encoder layer"):
+        use_fused_attention(tiny_sam_model())
+    with pytest.raises(ValueError, match="no SAM image-encoder layer"):
+        compile_sam_layers(torch.nn.Linear(2, 2))
