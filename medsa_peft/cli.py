@@ -81,6 +81,8 @@ def _run_predict(args: argparse.Namespace) -> None:
         chunk_depth=args.chunk_depth,
         overlap=args.overlap,
         batch_size=args.batch_size,
+        compile=args.compile,
+        fused_attention=args.fused_attention,
     )
     for source, (mask_path, overlay_path) in zip(tqdm(args.input, desc="images", unit="image"), outputs, strict=True):
         prediction = predictor.predict_file(source, prompt, modality=args.modality)
@@ -116,6 +118,10 @@ def add_predict_command(subparsers) -> None:
     parser.add_argument("--chunk-depth", type=int, default=8, help="slices per pass of a depth (SD-Trans) adapter")
     parser.add_argument("--overlap", type=int, default=2, help="slices shared by consecutive chunks")
     parser.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every SAM layer (first pass slower)")
+    parser.add_argument(
+        "--fused-attention", action="store_true", help="SAM's attention without its (HW x HW) bias: faster on GPUs"
+    )
     parser.set_defaults(handler=_run_predict)
 
 

@@ -25,6 +25,8 @@ from .data import PromptSpec, SamFrame, SamTrainingSamples, collate_sam
 from .files import write_json
 from .losses import DiceBCELoss
 from .model_card import build_model_card, metrics_table
+from .performance import compile_sam_layers, use_fused_attention
+from .pretrained import default_model_path
 from .scoring import evaluate_model
 from .visualize import save_png
 
@@ -45,7 +47,9 @@ class TrainingArguments:
     data_dir: str | None = field(default=None, metadata={"help": "manual download of the data set"})
     cache_dir: str | None = field(default=None, metadata={"help": "where `datasets` prepares the data set"})
     volume_depth: int = field(default=1, metadata={"help": "slices per volume chunk; > 1 turns on SD-Trans"})
-    prompt: str = field(default="box:0.9", metadata={"help": "'box', 'box:IOU', 'points:K' or 'points:K+NEG'"})
+    prompt: str = field(
+        default="points:3", metadata={"help": "'box', 'box:IOU', 'points:K' or 'points:K+NEG' (positive+negative clicks)"}
+    )
     official: bool = field(default=False, metadata={"help": "MedSAConfig.official(): the authors' configuration"})
     bottleneck_ratio: float = 0.25
     mlp_adapter_scale: float = 0.5
@@ -53,18 +57,21 @@ class TrainingArguments:
     init: str = "zero"
     hyper_dim: int = 32
     output_dir: str = "outputs/medsa-demo"
-    max_steps: int = 300
+    max_steps: int = 600
     batch_size: int = 4
     gradient_accumulation_steps: int = 1
-    learning_rate: float = 2e-3
+    learning_rate: float = 5e-3
     weight_decay: float = 0.01
     warmup_steps: int = 20
     eval_every: int = field(default=100, metadata={"help": "evaluate every N optimiser steps (0: only at the ends)"})
     save_every: int = field(default=100, metadata={"help": "checkpoint every N optimiser steps (0: never)"})
     eval_batch_size: int = 8
     max_eval_cases: int | None = field(default=None, metadata={"help": "cap on (volume, class) evaluation cases"})
-    gradient_checkpointing: bool = False
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "activation checkpointing per layer"})
+    fused_attention: bool = field(
+        default=True, metadata={"help": "SAM's attention without its (HW x HW) bias (--no_fused_attention: SAM's own)"}
+    )
+    compile: bool = field(default=False, metadata={"help": "torch.compile every SAM layer"})
     resume: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})
     push_to_hub: bool = False
     hub_model_id: str | None = None
@@ -142,7 +149,7 @@ def train(args: TrainingArguments) -> dict:
     classes = list(data.classes)
     prompt = PromptSpec.parse(args.prompt)
 
-    model_source = args.model or str(_default_model())
+    model_source = args.model or str(default_model_path())
     sam = SamModel.from_pretrained(model_source)
     frame = SamFrame.from_config(sam.config)
     medsa_config = args.medsa_config()
@@ -150,7 +157,11 @@ def train(args: TrainingArguments) -> dict:
     if accelerator.is_main_process:
         model.print_trainable_parameters()
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if args.fused_attention:
+        use_fused_attention(model)
+    if args.compile:
+        compile_sam_layers(model)
 
     samples = SamTrainingSamples(data.train, data.classes, data.modality, frame, prompt, args.volume_depth)
     loader = torch.utils.data.DataLoader(
@@ -161,8 +172,6 @@ def train(args: TrainingArguments) -> dict:
     )
     scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    if args.compile:
-        model = torch.compile(model)
     loss_fn = DiceBCELoss()
     depth = args.volume_depth if args.volume_depth > 1 else None
 
@@ -268,9 +277,3 @@ def _push(adapter_dir: Path, repo_id: str) -> None:
     ]
     api.create_commit(repo_id=repo_id, operations=operations, commit_message="Upload Med-SA adapter")
     print(f"pushed {adapter_dir} to the Hub as {repo_id}")
-
-
-def _default_model() -> Path:
-    from .pretrained import default_model_path
-
-    return default_model_path()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+from PIL import Image
 from safetensors.torch import load_file
 from transformers import SamModel
 
@@ -45,6 +46,26 @@ def quick_args(tiny_sam_dir, dataset_cache, output_dir, *extra):
 
 def environment():
     return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def test_the_demo_without_arguments_learns_offline(tmp_path):
+    """The README's main command, as written, in an empty folder with an empty Hugging Face home."""
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", TRAIN_SCRIPT],
+        cwd=tmp_path, env={**environment(), "HF_HOME": str(tmp_path / "hf")}, capture_output=True, text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "outputs" / "medsa-demo"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["dataset"] == "mni152" and metrics["evaluation_split"] == "test" and metrics["steps"] == 600
+    before, after = metrics["before"], metrics["after"]
+    assert after["dice"] > before["dice"] + 0.05, (before["dice"], after["dice"])
+    for tissue in ("grey_matter", "white_matter"):
+        assert after[f"dice/{tissue}"] > before[f"dice/{tissue}"]
+        assert f"step 0 (test): mean Dice {before['dice']:.4f}" in result.stdout
+    assert Image.open(run / "overlay.png").size[0] >= 384
+    assert (run / "adapter" / "adapter_model.safetensors").exists()
 
 
 def test_resume_after_a_kill_continues_from_the_last_complete_checkpoint(tiny_sam_dir, dataset_cache, tmp_path):
@@ -103,7 +124,7 @@ def test_push_to_hub_uploads_a_folder_that_loads(tiny_sam_dir, dataset_cache, tm
     uploaded = hub.snapshot_dir("someone/medsa-mni")
     assert sorted(p.name for p in uploaded.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     card = (uploaded / "README.md").read_text()
-    assert "mni152" in card and "box:0.9" in card and "| grey_matter |" in card and "library_name: peft" in card
+    assert "mni152" in card and "points:3" in card and "| grey_matter |" in card and "library_name: peft" in card
     assert f"{metrics['after']['dice']:.4f}" in card
 
     model = PeftModel.from_pretrained(SamModel.from_pretrained(tiny_sam_dir), uploaded)
