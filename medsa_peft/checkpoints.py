@@ -1,8 +1,10 @@
 """Training checkpoints that are never half-written: `accelerator.save_state` into a hidden folder, then a rename.
 
-Layout: `<output_dir>/checkpoints/step-000100/` holds Accelerate's state (adapter weights, optimiser,
+Layout: `<output_dir>/checkpoints/step-000100/` holds Accelerate's state (the trained weights, optimiser,
 scheduler, random states) and `trainer_state.json`. A folder becomes visible under its final name only once
-complete, so `latest_checkpoint` never picks a checkpoint a crash cut short.
+complete, so `latest_checkpoint` never picks a checkpoint a crash cut short. With `keep_trainable_weights`
+registered, the model file holds only what trains (a few MB for ViT-B, not SAM's 375 MB); the frozen
+weights come from the base model on resume.
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ import re
 import shutil
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
+from safetensors import safe_open
 
 TRAINER_STATE = "trainer_state.json"
+MODEL_FILE = "model.safetensors"
 _NAME = re.compile(r"^step-(\d+)$")
 
 
@@ -57,11 +63,39 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, sta
     return final
 
 
+def _trainable_names(model: torch.nn.Module) -> set[str]:
+    return {name for name, param in model.named_parameters() if param.requires_grad}
+
+
+def keep_trainable_weights(models: list[torch.nn.Module], weights: list[dict], output_dir: str) -> None:
+    """`Accelerator.register_save_state_pre_hook` hook: drop the frozen weights from the saved state dicts."""
+    for model, state in zip(models, weights):
+        trainable = _trainable_names(model)
+        for key in [key for key in state if key not in trainable]:
+            del state[key]
+
+
 def load_checkpoint(accelerator: Accelerator, checkpoint: str | os.PathLike) -> dict:
-    """Restore Accelerate's state from `checkpoint` and return its trainer state."""
+    """Restore Accelerate's state from `checkpoint` and return its trainer state.
+
+    The checkpoint must hold exactly the trainable weights of the prepared model (see
+    `keep_trainable_weights`); anything else (another adapter configuration, say) is a clear error.
+    """
     checkpoint = Path(checkpoint)
     state_file = checkpoint / TRAINER_STATE
     if not state_file.is_file():
         raise FileNotFoundError(f"{checkpoint} is not a complete checkpoint: {TRAINER_STATE} is missing")
-    accelerator.load_state(str(checkpoint))
+    if accelerator.distributed_type == DistributedType.FSDP:
+        accelerator.load_state(str(checkpoint))
+    else:
+        with safe_open(checkpoint / MODEL_FILE, framework="pt") as saved:
+            saved_names = set(saved.keys())
+        expected = _trainable_names(accelerator._models[0])
+        if saved_names != expected:
+            raise ValueError(
+                f"{checkpoint / MODEL_FILE} does not hold the weights this run trains "
+                f"({len(saved_names - expected)} unexpected, {len(expected - saved_names)} missing, e.g. "
+                f"{sorted(saved_names ^ expected)[:3]}): was it written with other adapter options?"
+            )
+        accelerator.load_state(str(checkpoint), strict=False)  # frozen weights stay those of the base model
     return json.loads(state_file.read_text())

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import SamModel, get_cosine_schedule_with_warmup
 
 from .builders import EMBEDDED_DEFAULT, prepare_dataset
-from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoints import keep_trainable_weights, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import MedSAConfig
 from .data import PromptSpec, SamFrame, SamTrainingSamples, collate_sam
 from .files import write_json
@@ -172,6 +172,7 @@ def train(args: TrainingArguments) -> dict:
     )
     scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    accelerator.register_save_state_pre_hook(keep_trainable_weights)
     loss_fn = DiceBCELoss()
     depth = args.volume_depth if args.volume_depth > 1 else None
 

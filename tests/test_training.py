@@ -151,6 +151,17 @@ def test_a_non_finite_loss_stops_training_before_anything_is_saved(tiny_sam_dir,
     assert not (tmp_path / "adapter").exists() and not (tmp_path / "metrics.json").exists()
     saved = load_file(latest_checkpoint(tmp_path) / "model.safetensors")
     assert all(torch.isfinite(tensor).all() for tensor in saved.values())
+    assert saved and all(".medsa_" in key for key in saved)  # checkpoints hold what trains, not SAM
+
+
+def test_resuming_with_other_adapter_options_is_refused(tiny_sam_dir, dataset_cache, tmp_path):
+    options = dict(
+        model=tiny_sam_dir, cache_dir=dataset_cache, output_dir=str(tmp_path), eval_every=0, save_every=1,
+        max_eval_cases=1, report_to="none",
+    )
+    train(TrainingArguments(max_steps=1, **options))
+    with pytest.raises(ValueError, match="other adapter options"):
+        train(TrainingArguments(max_steps=2, resume="latest", official=True, **options))
 
 
 def test_bad_arguments_are_clear_errors():
