@@ -273,6 +273,14 @@ def check_volume_pair(case: VolumeCase) -> tuple[float, float, float]:
         raise CorruptDataError(
             f"{case.label}: label shape {label_shape} does not match image {case.image} shape {image_shape}"
         )
+    # both are brought to canonical (RAS+) voxel order by their own affines: different orientations would
+    # flip one and not the other, and the labels would no longer lie on their voxels
+    image_axes, label_axes = (nib.aff2axcodes(nib.load(path).affine) for path in (case.image, case.label))
+    if image_axes != label_axes:
+        raise CorruptDataError(
+            f"{case.label}: label orientation {''.join(label_axes)} differs from image {case.image} orientation "
+            f"{''.join(image_axes)}; the labels would not lie on the image's voxels"
+        )
     return spacing
 
 

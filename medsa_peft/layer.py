@@ -23,6 +23,12 @@ from .adapters import (
 from .config import MedSAConfig
 
 
+NOT_MERGEABLE = (
+    "Med-SA adapters are non-linear (GELU/ReLU bottlenecks, depth attention, prompt-generated weights) "
+    "and cannot be merged into SAM's weights. Keep the PeftModel, or call unload() for plain SAM."
+)
+
+
 class MedSALayer(BaseTunerLayer):
     """What both Med-SA layers share: per-adapter containers and the choice of the one active adapter."""
 
@@ -63,10 +69,7 @@ class MedSALayer(BaseTunerLayer):
         return active[0] if active else None
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        raise ValueError(
-            "Med-SA adapters are non-linear (GELU/ReLU bottlenecks, depth attention, prompt-generated weights) "
-            "and cannot be merged into SAM's weights. Keep the PeftModel, or call unload() for plain SAM."
-        )
+        raise ValueError(NOT_MERGEABLE)
 
     def unmerge(self) -> None:
         """Nothing is ever merged."""
@@ -222,4 +225,4 @@ class MedSATwoWayLayer(nn.Module, MedSALayer):
         if adapter in self.medsa_key_adapter:
             keys = keys + self.medsa_key_adapter[adapter](keys)
         keys = base.layer_norm4(keys)
-        return queries, keys, attended
+        return queries, keys, attended  # as SAM's block: the image-to-token attention output (callers drop it)

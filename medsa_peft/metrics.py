@@ -15,8 +15,10 @@ Empty masks, by case (prediction, truth):
     both empty                     Dice 1, IoU 1, HD95 0     (nothing to find, nothing found)
     one empty, the other not       Dice 0, IoU 0, HD95 inf
 
-Means of HD95 over volumes leave out the inf cases, and `summarize` / `SegmentationMetrics`
-report how many per class: `empty_prediction/<class>` (object missed) and
+Means over volumes (`summarize`, `SegmentationMetrics`) leave out, per class, the volumes where the
+class is in neither mask (as MONAI's metrics do with `ignore_empty`: a class absent from a case says
+nothing about the model) and, for HD95, the inf cases; they report how many per class:
+`empty_both/<class>` (left out), `empty_prediction/<class>` (object missed) and
 `empty_reference/<class>` (object hallucinated). Nothing is dropped without a count.
 """
 
@@ -124,6 +126,7 @@ class MaskScores:
     hd95: float  # inf when exactly one mask is empty
     empty_prediction: bool  # nothing predicted, the truth is not empty
     empty_reference: bool  # the truth is empty, something predicted
+    empty_both: bool = False  # neither mask holds anything: left out of means over volumes
 
 
 def mask_scores(prediction: ArrayLike, truth: ArrayLike, spacing: Sequence[float] | None = None) -> MaskScores:
@@ -135,6 +138,7 @@ def mask_scores(prediction: ArrayLike, truth: ArrayLike, spacing: Sequence[float
         hd95=_hd95(prediction, truth, _check_spacing(spacing, prediction.ndim)),
         empty_prediction=bool(truth.any() and not prediction.any()),
         empty_reference=bool(prediction.any() and not truth.any()),
+        empty_both=not (prediction.any() or truth.any()),
     )
 
 
@@ -166,9 +170,10 @@ def _mean_of_finite(values: Sequence[float]) -> float:
 def summarize(per_volume: Sequence[Mapping[str, MaskScores]]) -> dict[str, float]:
     """Means over volumes of `volume_scores` results, per class and over classes.
 
-    Keys, for every class c: "dice/c", "iou/c", "hd95/c" (means over the volumes scored for c; HD95
-    over those where it is finite, NaN if none), "empty_prediction/c" and "empty_reference/c"
-    (counts of the volumes left out of the HD95 mean); then "dice", "iou", "hd95" (means of the
+    Keys, for every class c: "dice/c", "iou/c", "hd95/c" (means over the volumes scored for c where c
+    is in the prediction or the truth; HD95 over those where it is finite, NaN if none), "empty_both/c"
+    (volumes left out: c in neither mask), "empty_prediction/c" and "empty_reference/c" (counts of the
+    volumes left out of the HD95 mean); then "dice", "iou", "hd95" (means of the
     class means, NaN ones left out) and "num_volumes". A volume may leave out classes (e.g. evaluation
     with prompts scores only the classes present); each class is averaged over the volumes that have it.
     """
@@ -177,7 +182,9 @@ def summarize(per_volume: Sequence[Mapping[str, MaskScores]]) -> dict[str, float
     class_names = list(dict.fromkeys(name for volume in per_volume for name in volume))
     summary: dict[str, float] = {}
     for name in class_names:
-        scores = [volume[name] for volume in per_volume if name in volume]
+        scored = [volume[name] for volume in per_volume if name in volume]
+        scores = [score for score in scored if not score.empty_both]
+        summary[f"empty_both/{name}"] = len(scored) - len(scores)
         for metric in METRIC_NAMES:
             summary[f"{metric}/{name}"] = _mean_of_finite([getattr(s, metric) for s in scores])
         summary[f"empty_prediction/{name}"] = sum(s.empty_prediction for s in scores)
@@ -215,7 +222,8 @@ Args:
         dict per volume.
 Returns:
     dict: see `medsa_peft.metrics.summarize`: "dice/<class>", "iou/<class>", "hd95/<class>" (mm),
-    "empty_prediction/<class>", "empty_reference/<class>", "dice", "iou", "hd95", "num_volumes".
+    "empty_both/<class>", "empty_prediction/<class>", "empty_reference/<class>", "dice", "iou", "hd95",
+    "num_volumes".
 """
 
 

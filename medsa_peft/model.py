@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import re
 from contextlib import contextmanager
 from typing import Any
@@ -12,7 +13,7 @@ from torch import nn
 from transformers.models.sam.modeling_sam import SamTwoWayAttentionBlock, SamVisionLayer
 
 from .config import MedSAConfig
-from .layer import MedSALayer, MedSATwoWayLayer, MedSAVisionLayer
+from .layer import NOT_MERGEABLE, MedSALayer, MedSATwoWayLayer, MedSAVisionLayer
 
 
 def resolve_depth(pixel_values: torch.Tensor | None, depth: Any) -> int | None:
@@ -26,8 +27,9 @@ def resolve_depth(pixel_values: torch.Tensor | None, depth: Any) -> int | None:
         return pixel_values.shape[1] if five_d else None
     if isinstance(depth, torch.Tensor) and depth.numel() == 1:
         depth = depth.item()
-    if isinstance(depth, bool) or not isinstance(depth, int):
+    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral):
         raise ValueError(f"depth must be a positive int (slices per volume), got {depth!r}.")
+    depth = int(depth)
     if depth < 1:
         raise ValueError(f"depth must be at least 1, got {depth}.")
     if pixel_values is None:
@@ -118,10 +120,7 @@ class MedSAModel(BaseTuner):
         return 1 + self.model.config.mask_decoder_config.num_multimask_outputs + 1
 
     def _check_merge_allowed(self) -> None:
-        raise ValueError(
-            "Med-SA adapters are non-linear (GELU/ReLU bottlenecks, depth attention, prompt-generated weights) "
-            "and cannot be merged into SAM's weights. Keep the PeftModel, or call unload() for plain SAM."
-        )
+        raise ValueError(NOT_MERGEABLE)
 
     def _vision_layers(self) -> list[MedSAVisionLayer]:
         return [module for module in self.model.modules() if isinstance(module, MedSAVisionLayer)]

@@ -129,7 +129,10 @@ def evaluate_model(
         logits = predict_case(model, case, depth, batch_size)
         original = sam_logits_to_original(logits.clamp(min=-1e4), case.original_size, frame.image_size)
         prediction = (original > 0).permute(1, 2, 0).numpy()
-        per_volume[case.id][case.class_name] = mask_scores(prediction, case.truth, case.spacing)
+        truth, spacing = case.truth, case.spacing
+        if truth.shape[2] == 1:  # a 2D image: score it in 2D (a one-slice volume would be all surface for HD95)
+            prediction, truth, spacing = prediction[..., 0], truth[..., 0], spacing[:2]
+        per_volume[case.id][case.class_name] = mask_scores(prediction, truth, spacing)
         if case.truth.sum() > showcase_size:
             showcase, showcase_size = (case, logits), int(case.truth.sum())
     model.train(was_training)

@@ -7,12 +7,13 @@ Mixed precision, several processes, GPUs and machines come from Accelerate (`acc
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 from huggingface_hub import CommitOperationAdd, HfApi
 from peft import get_peft_model
 from tqdm.auto import tqdm
@@ -120,7 +121,12 @@ def _loss_is_finite(accelerator: Accelerator, loss: torch.Tensor) -> bool:
 
 
 def _check_replicas_agree(accelerator: Accelerator, model: torch.nn.Module) -> None:
-    """Assert the trainable weights are identical on every process (what DDP promises) before saving."""
+    """Assert the trainable weights are identical on every process (what DDP promises) before saving.
+
+    Sharded runs (FSDP, DeepSpeed) hold different shards on each process by design: nothing to compare.
+    """
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return
     checksum = torch.stack([p.detach().double().sum() for p in model.parameters() if p.requires_grad]).sum()
     checksums = accelerator.gather(checksum.reshape(1).to(accelerator.device))
     if not torch.all(checksums == checksums[0]):
@@ -170,7 +176,10 @@ def train(args: TrainingArguments) -> dict:
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate, weight_decay=args.weight_decay
     )
-    scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
+    # Accelerate steps a prepared scheduler once per process for every optimiser step (batches are not split).
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, args.warmup_steps * accelerator.num_processes, args.max_steps * accelerator.num_processes
+    )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     accelerator.register_save_state_pre_hook(keep_trainable_weights)
     loss_fn = DiceBCELoss()
@@ -200,7 +209,8 @@ def train(args: TrainingArguments) -> dict:
 
     accelerator.init_trackers("medsa", config={k: v for k, v in asdict(args).items() if v is not None})
     batches_per_epoch = len(loader)
-    steps_per_epoch = max(1, batches_per_epoch // args.gradient_accumulation_steps)
+    # Accelerate also steps at the end of the loader, so a last partial accumulation counts as a step.
+    steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
     progress = tqdm(total=args.max_steps, initial=step, desc="training", disable=not accelerator.is_main_process)
     model.train()
     while step < args.max_steps:
@@ -210,8 +220,8 @@ def train(args: TrainingArguments) -> dict:
         for batch in batches:
             with accelerator.accumulate(model):
                 inputs = {name: batch[name] for name in PROMPT_INPUTS if name in batch}
-                if "depth" in batch:
-                    inputs["depth"] = batch["depth"]
+                if depth is not None:  # a 3D data set at --volume_depth 1 trains slice by slice, as 2D
+                    inputs["depth"] = depth
                 out = model(pixel_values=batch["pixel_values"], multimask_output=False, **inputs)
                 loss = loss_fn(out.pred_masks[:, 0, 0], batch["labels"])
                 if not _loss_is_finite(accelerator, loss):

@@ -1,6 +1,9 @@
 import os
+import tempfile
 
-# Nothing in the test suite may reach the network.
+# Nothing in the test suite may reach the network or write into the user's Hugging Face home: every cache
+# (Hub, datasets, evaluate) of this process and of the processes it starts lives in a throw-away folder.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="medsa-tests-hf-home-")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -6,6 +6,7 @@ import gzip
 import shutil
 
 import datasets
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -268,6 +269,15 @@ def test_label_volume_of_another_shape_is_rejected(tmp_path, prepare):
     seg = data_dir / "BraTS2021_Training_Data" / "BraTS2021_00001" / "BraTS2021_00001_seg.nii.gz"
     fixtures.write_nifti(seg, np.zeros((16, 16, 5), np.uint8))
     with pytest.raises(CorruptDataError, match=r"BraTS2021_00001_seg\.nii\.gz.*\(16, 16, 5\).*\(16, 16, 6\)"):
+        prepare(BraTS, data_dir, "flair-regions")
+
+
+def test_label_volume_of_another_orientation_is_rejected(tmp_path, prepare):
+    data_dir = fixtures.write_brats(tmp_path / "brats", BRATS_CASES[:2])
+    seg = data_dir / "BraTS2021_Training_Data" / "BraTS2021_00001" / "BraTS2021_00001_seg.nii.gz"
+    flipped = np.diag([-0.8, 0.7, 2.5, 1.0])  # the same grid stored right-to-left: orientation LAS, not RAS
+    nib.save(nib.Nifti1Image(np.zeros(fixtures.VOLUME_SHAPE, np.uint8), flipped), seg)
+    with pytest.raises(CorruptDataError, match=r"BraTS2021_00001_seg\.nii\.gz: label orientation LAS differs"):
         prepare(BraTS, data_dir, "flair-regions")
 
 

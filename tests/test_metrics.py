@@ -85,7 +85,9 @@ def test_empty_cases_are_defined_and_flagged():
     empty = np.zeros((10, 10), bool)
     square = np.zeros((10, 10), bool)
     square[2:5, 2:5] = True
-    assert mask_scores(empty, empty) == MaskScores(1.0, 1.0, 0.0, empty_prediction=False, empty_reference=False)
+    assert mask_scores(empty, empty) == MaskScores(
+        1.0, 1.0, 0.0, empty_prediction=False, empty_reference=False, empty_both=True
+    )
     assert mask_scores(empty, square) == MaskScores(0.0, 0.0, math.inf, empty_prediction=True, empty_reference=False)
     assert mask_scores(square, empty) == MaskScores(0.0, 0.0, math.inf, empty_prediction=False, empty_reference=True)
     assert hd95(empty, square) == math.inf and dice(empty, square) == 0.0
@@ -183,3 +185,19 @@ def test_segmentation_metric_rejects_mismatched_inputs():
         metric.compute(predictions=[np.ones((4, 4), np.uint8)], references=[np.ones((4, 4), np.uint8)], spacing=[[1.0]])
     with pytest.raises(ValueError, match="at least one class"):
         SegmentationMetrics(classes={})
+
+
+def test_a_class_absent_from_both_masks_is_left_out_of_the_means_and_counted():
+    square = np.zeros((12, 12), bool)
+    square[2:8, 2:8] = True
+    half = np.zeros((12, 12), bool)
+    half[2:8, 2:5] = True
+    nothing = np.zeros((12, 12), bool)
+    per_volume = [
+        {"gallbladder": mask_scores(half, square)},  # Dice 2/3
+        {"gallbladder": mask_scores(nothing, nothing)},  # a case without a gallbladder, nothing predicted
+    ]
+    summary = summarize(per_volume)
+    assert summary["dice/gallbladder"] == pytest.approx(2 / 3)  # not (2/3 + 1) / 2
+    assert summary["empty_both/gallbladder"] == 1 and summary["num_volumes"] == 2
+

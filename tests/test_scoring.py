@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from medsa_peft.data import PromptSpec, SamFrame
+from medsa_peft.metrics import dice, hd95
 from medsa_peft.scoring import _slice_windows, evaluate_model
 
 # mask grid = image frame and slices 32 x 64: the frame maps 1:1 onto the original pixels, no resampling
@@ -59,6 +60,32 @@ def test_box_oracle_scores_dice_one_on_2d_rectangles():
     assert evaluation.summary["dice/box"] == 1.0
     assert evaluation.summary["hd95/box"] == 0.0
     assert evaluation.overlay is not None and min(evaluation.overlay.size) >= 128
+
+
+def test_2d_scores_are_2d_metrics_of_the_prediction_on_the_original_grid():
+    """An imperfect 2D prediction: scoring must equal Dice and 2D HD95 of the masks themselves."""
+    truth_label = rectangle_label((32, 64), 4, 4, 20, 30)
+    split = datasets.Dataset.from_dict(
+        {"id": ["a"], "image": [Image.fromarray(np.zeros((32, 64), np.uint8))],
+         "label": [Image.fromarray(truth_label)], "spacing": [[0.5, 0.8]]},
+        features=datasets.Features(
+            {"id": datasets.Value("string"), "image": datasets.Image(), "label": datasets.Image(),
+             "spacing": datasets.Sequence(datasets.Value("float32"))}
+        ),
+    )
+
+    class ShiftedBoxOracle(BoxOracle):  # paints the box moved 6 px right and 3 px down
+        def forward(self, pixel_values, input_boxes, multimask_output, depth=None):
+            return super().forward(pixel_values, input_boxes + torch.tensor([6.0, 3.0, 6.0, 3.0]), multimask_output)
+
+    evaluation = evaluate_model(
+        ShiftedBoxOracle(), split, {"box": (1,)}, "ultrasound", FRAME, PromptSpec("box"), progress=False
+    )
+    truth = truth_label.astype(bool)
+    prediction = rectangle_label((32, 64), 7, 10, 20, 30).astype(bool)
+    assert evaluation.summary["dice/box"] == pytest.approx(dice(prediction, truth))
+    assert evaluation.summary["hd95/box"] == pytest.approx(hd95(prediction, truth, (0.5, 0.8)))
+    assert evaluation.summary["hd95/box"] > 0
 
 
 def test_box_oracle_on_a_volume_uses_depth_windows_and_predicts_nothing_outside_the_object():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import PeftModel
+from peft import PeftConfig, PeftModel
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import SamModel
@@ -162,6 +162,17 @@ def test_resuming_with_other_adapter_options_is_refused(tiny_sam_dir, dataset_ca
     train(TrainingArguments(max_steps=1, **options))
     with pytest.raises(ValueError, match="other adapter options"):
         train(TrainingArguments(max_steps=2, resume="latest", official=True, **options))
+
+
+def test_a_volume_data_set_trains_slice_by_slice_at_depth_one(tiny_sam_dir, dataset_cache, tmp_path):
+    """The paper's 2D-on-BTCV setting: 3D examples, no depth adapter, every slice on its own."""
+    args = TrainingArguments(
+        model=tiny_sam_dir, cache_dir=dataset_cache, output_dir=str(tmp_path), dataset_config="3d", volume_depth=1,
+        max_steps=2, eval_every=0, save_every=0, max_eval_cases=1, report_to="none",
+    )
+    metrics = train(args)
+    assert metrics["dataset_config"] == "3d" and metrics["steps"] == 2
+    assert not PeftConfig.from_pretrained(tmp_path / "adapter").depth_adapter
 
 
 def test_bad_arguments_are_clear_errors():

@@ -46,8 +46,8 @@ class SamTrainingSamples(torch.utils.data.Dataset):
     for 3D. Labels are float 0/1 on the grid of SAM's `pred_masks`.
 
     Decoded, normalised volumes of the last `cache_size` examples stay in memory, per DataLoader worker.
-    Randomness (chunk position, prompt jitter) is seeded from `torch.initial_seed()`, so it differs between
-    workers and epochs and follows `torch.manual_seed`.
+    Randomness (chunk position, prompt jitter) is seeded from `torch.initial_seed()` and the process rank, so
+    it differs between DataLoader workers and data-parallel processes and follows `torch.manual_seed`.
     """
 
     def __init__(
@@ -72,7 +72,7 @@ class SamTrainingSamples(torch.utils.data.Dataset):
             raise ValueError(f"volume_depth must be >= 1, and 1 for a 2D data set; got {volume_depth}")
         self.items = self._present_classes()
         self._cache: OrderedDict[int, tuple[DecodedExample, dict[str, np.ndarray]]] = OrderedDict()
-        self._rng_seed: int | None = None
+        self._rng_seed: tuple[int, int] | None = None
         self._rng: np.random.Generator | None = None
 
     def _present_classes(self) -> list[tuple[int, str]]:
@@ -95,7 +95,9 @@ class SamTrainingSamples(torch.utils.data.Dataset):
         return len(self.items)
 
     def _generator(self) -> np.random.Generator:
-        seed = torch.initial_seed()
+        # the process rank enters the seed so that data-parallel processes draw different prompts and chunks
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        seed = (torch.initial_seed(), rank)
         if seed != self._rng_seed:
             self._rng_seed, self._rng = seed, np.random.default_rng(seed)
         return self._rng
