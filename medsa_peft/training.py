@@ -49,7 +49,8 @@ class TrainingArguments:
     cache_dir: str | None = field(default=None, metadata={"help": "where `datasets` prepares the data set"})
     volume_depth: int = field(default=1, metadata={"help": "slices per volume chunk; > 1 turns on SD-Trans"})
     prompt: str = field(
-        default="points:3", metadata={"help": "'box', 'box:IOU', 'points:K' or 'points:K+NEG' (positive+negative clicks)"}
+        default="points:3",
+        metadata={"help": "'box', 'box:IOU', 'points:K' or 'points:K+NEG' (positive+negative clicks)"},
     )
     official: bool = field(default=False, metadata={"help": "MedSAConfig.official(): the authors' configuration"})
     bottleneck_ratio: float = 0.25
@@ -76,7 +77,9 @@ class TrainingArguments:
     resume: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})
     push_to_hub: bool = False
     hub_model_id: str | None = None
-    report_to: str = field(default="auto", metadata={"help": "'tensorboard', 'none' or 'auto' (tensorboard if installed)"})
+    report_to: str = field(
+        default="auto", metadata={"help": "'tensorboard', 'none' or 'auto' (tensorboard if installed)"}
+    )
     num_workers: int = 0
     seed: int = 0
 
@@ -189,8 +192,16 @@ def train(args: TrainingArguments) -> dict:
         # Every process runs the evaluation (a sharded FSDP model needs all of them for a forward); the main
         # process reports it.
         evaluation = evaluate_model(
-            model, data.evaluation, data.classes, data.modality, frame, prompt, depth=depth,
-            batch_size=args.eval_batch_size, max_cases=args.max_eval_cases, seed=args.seed,
+            model,
+            data.evaluation,
+            data.classes,
+            data.modality,
+            frame,
+            prompt,
+            depth=depth,
+            batch_size=args.eval_batch_size,
+            max_cases=args.max_eval_cases,
+            seed=args.seed,
             progress=accelerator.is_main_process,
         )
         accelerator.print(_summary_line(f"{tag} ({data.evaluation_split})", evaluation.summary, classes))
@@ -255,9 +266,14 @@ def train(args: TrainingArguments) -> dict:
         after = evaluation.summary
         accelerator.log({f"eval/{k}": v for k, v in after.items()}, step=step)
         metrics = {
-            "dataset": data.name, "dataset_config": data.config_name, "evaluation_split": data.evaluation_split,
-            "prompt": str(prompt), "volume_depth": args.volume_depth, "steps": step,
-            "before": before, "after": after,
+            "dataset": data.name,
+            "dataset_config": data.config_name,
+            "evaluation_split": data.evaluation_split,
+            "prompt": str(prompt),
+            "volume_depth": args.volume_depth,
+            "steps": step,
+            "before": before,
+            "after": after,
         }
         write_json(metrics, output_dir / "metrics.json")
         if evaluation.overlay is not None:
@@ -265,8 +281,17 @@ def train(args: TrainingArguments) -> dict:
         adapter_dir = output_dir / "adapter"
         accelerator.unwrap_model(model).save_pretrained(adapter_dir, state_dict=state_dict)
         card = build_model_card(
-            model_source, data.name, data.config_name, data.evaluation_split, str(prompt), args.volume_depth,
-            medsa_config, before, after, classes, step,
+            model_source,
+            data.name,
+            data.config_name,
+            data.evaluation_split,
+            str(prompt),
+            args.volume_depth,
+            medsa_config,
+            before,
+            after,
+            classes,
+            step,
         )
         card.save(adapter_dir / "README.md")
         print(metrics_table(before, after, classes))

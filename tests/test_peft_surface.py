@@ -74,7 +74,8 @@ def test_save_then_load_in_a_fresh_process_gives_identical_outputs(sam, tmp_path
         from peft import PeftModel
         from transformers import SamModel
         expected = torch.load({str(tmp_path / "expected.pt")!r})
-        model = PeftModel.from_pretrained(SamModel.from_pretrained({str(tmp_path / "sam")!r}), {str(tmp_path / "adapter")!r})
+        sam = SamModel.from_pretrained({str(tmp_path / "sam")!r})
+        model = PeftModel.from_pretrained(sam, {str(tmp_path / "adapter")!r})
         with torch.no_grad():
             out = model(**expected["batch"], depth=2)
         from test_peft_surface import assert_same_output

@@ -51,11 +51,17 @@ def test_box_oracle_scores_dice_one_on_2d_rectangles():
             "spacing": [[0.5, 0.5], [0.5, 0.5]],
         },
         features=datasets.Features(
-            {"id": datasets.Value("string"), "image": datasets.Image(), "label": datasets.Image(),
-             "spacing": datasets.Sequence(datasets.Value("float32"))}
+            {
+                "id": datasets.Value("string"),
+                "image": datasets.Image(),
+                "label": datasets.Image(),
+                "spacing": datasets.Sequence(datasets.Value("float32")),
+            }
         ),
     )
-    evaluation = evaluate_model(BoxOracle(), split, {"box": (1,)}, "ultrasound", FRAME, PromptSpec("box"), progress=False)
+    evaluation = evaluate_model(
+        BoxOracle(), split, {"box": (1,)}, "ultrasound", FRAME, PromptSpec("box"), progress=False
+    )
     assert evaluation.summary["num_volumes"] == 2
     assert evaluation.summary["dice/box"] == 1.0
     assert evaluation.summary["hd95/box"] == 0.0
@@ -66,11 +72,19 @@ def test_2d_scores_are_2d_metrics_of_the_prediction_on_the_original_grid():
     """An imperfect 2D prediction: scoring must equal Dice and 2D HD95 of the masks themselves."""
     truth_label = rectangle_label((32, 64), 4, 4, 20, 30)
     split = datasets.Dataset.from_dict(
-        {"id": ["a"], "image": [Image.fromarray(np.zeros((32, 64), np.uint8))],
-         "label": [Image.fromarray(truth_label)], "spacing": [[0.5, 0.8]]},
+        {
+            "id": ["a"],
+            "image": [Image.fromarray(np.zeros((32, 64), np.uint8))],
+            "label": [Image.fromarray(truth_label)],
+            "spacing": [[0.5, 0.8]],
+        },
         features=datasets.Features(
-            {"id": datasets.Value("string"), "image": datasets.Image(), "label": datasets.Image(),
-             "spacing": datasets.Sequence(datasets.Value("float32"))}
+            {
+                "id": datasets.Value("string"),
+                "image": datasets.Image(),
+                "label": datasets.Image(),
+                "spacing": datasets.Sequence(datasets.Value("float32")),
+            }
         ),
     )
 
@@ -101,12 +115,18 @@ def test_box_oracle_on_a_volume_uses_depth_windows_and_predicts_nothing_outside_
             "spacing": [[1.5, 1.5, 3.0]],
         },
         features=datasets.Features(
-            {"id": datasets.Value("string"), "image": datasets.Nifti(), "label": datasets.Nifti(),
-             "spacing": datasets.Sequence(datasets.Value("float32"))}
+            {
+                "id": datasets.Value("string"),
+                "image": datasets.Nifti(),
+                "label": datasets.Nifti(),
+                "spacing": datasets.Sequence(datasets.Value("float32")),
+            }
         ),
     )
     oracle = BoxOracle()
-    evaluation = evaluate_model(oracle, split, {"organ": (2,)}, "mri", FRAME, PromptSpec("box"), depth=4, progress=False)
+    evaluation = evaluate_model(
+        oracle, split, {"organ": (2,)}, "mri", FRAME, PromptSpec("box"), depth=4, progress=False
+    )
     assert evaluation.summary["dice/organ"] == 1.0 and evaluation.summary["hd95/organ"] == 0.0
     assert set(oracle.depths) == {4}
 

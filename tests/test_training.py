@@ -39,8 +39,19 @@ def dataset_cache(tmp_path_factory):
 
 def quick_args(tiny_sam_dir, dataset_cache, output_dir, *extra):
     return [
-        "--model", tiny_sam_dir, "--cache_dir", dataset_cache, "--output_dir", str(output_dir),
-        "--max_eval_cases", "2", "--eval_every", "0", "--report_to", "none", *extra,
+        "--model",
+        tiny_sam_dir,
+        "--cache_dir",
+        dataset_cache,
+        "--output_dir",
+        str(output_dir),
+        "--max_eval_cases",
+        "2",
+        "--eval_every",
+        "0",
+        "--report_to",
+        "none",
+        *extra,
     ]
 
 
@@ -52,7 +63,10 @@ def test_the_demo_without_arguments_learns_offline(tmp_path):
     """The README's main command, as written, in an empty folder with an empty Hugging Face home."""
     result = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", TRAIN_SCRIPT],
-        cwd=tmp_path, env={**environment(), "HF_HOME": str(tmp_path / "hf")}, capture_output=True, text=True,
+        cwd=tmp_path,
+        env={**environment(), "HF_HOME": str(tmp_path / "hf")},
+        capture_output=True,
+        text=True,
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -84,8 +98,21 @@ def test_resume_after_a_kill_continues_from_the_last_complete_checkpoint(tiny_sa
 
     target = killed_at + 2
     resumed = subprocess.run(
-        [sys.executable, TRAIN_SCRIPT, *args[:-4], "--save_every", "1", "--max_steps", str(target), "--resume", "latest"],
-        env=environment(), capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            TRAIN_SCRIPT,
+            *args[:-4],
+            "--save_every",
+            "1",
+            "--max_steps",
+            str(target),
+            "--resume",
+            "latest",
+        ],
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"at step {killed_at}" in resumed.stdout
@@ -98,8 +125,19 @@ def test_resume_after_a_kill_continues_from_the_last_complete_checkpoint(tiny_sa
 
 def test_two_processes_train_identical_weights_and_save_one_result(tiny_sam_dir, dataset_cache, tmp_path):
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", TRAIN_SCRIPT,
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        TRAIN_SCRIPT,
         *quick_args(tiny_sam_dir, dataset_cache, tmp_path, "--max_steps", "3", "--save_every", "0"),
     ]
     result = subprocess.run(
@@ -108,7 +146,9 @@ def test_two_processes_train_identical_weights_and_save_one_result(tiny_sam_dir,
     assert result.returncode == 0, result.stderr[-3000:]
     assert "adapter weights identical on all 2 process(es)" in result.stdout
     assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [
-        "README.md", "adapter_config.json", "adapter_model.safetensors"
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
     ]
     assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 3
 
@@ -117,12 +157,24 @@ def test_push_to_hub_uploads_a_folder_that_loads(tiny_sam_dir, dataset_cache, tm
     hub = LocalHub(tmp_path / "hub-home")
     hub.install(monkeypatch.setattr)
     args = TrainingArguments(
-        model=tiny_sam_dir, cache_dir=dataset_cache, output_dir=str(tmp_path / "run"), max_steps=2, eval_every=0,
-        save_every=0, max_eval_cases=2, report_to="none", push_to_hub=True, hub_model_id="someone/medsa-mni",
+        model=tiny_sam_dir,
+        cache_dir=dataset_cache,
+        output_dir=str(tmp_path / "run"),
+        max_steps=2,
+        eval_every=0,
+        save_every=0,
+        max_eval_cases=2,
+        report_to="none",
+        push_to_hub=True,
+        hub_model_id="someone/medsa-mni",
     )
     metrics = train(args)
     uploaded = hub.snapshot_dir("someone/medsa-mni")
-    assert sorted(p.name for p in uploaded.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in uploaded.iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
     card = (uploaded / "README.md").read_text()
     assert "mni152" in card and "points:3" in card and "| grey_matter |" in card and "library_name: peft" in card
     assert f"{metrics['after']['dice']:.4f}" in card
@@ -142,8 +194,14 @@ def test_a_non_finite_loss_stops_training_before_anything_is_saved(tiny_sam_dir,
 
     monkeypatch.setattr(DiceBCELoss, "forward", loss_that_blows_up)
     args = TrainingArguments(
-        model=tiny_sam_dir, cache_dir=dataset_cache, output_dir=str(tmp_path), max_steps=5, eval_every=0,
-        save_every=1, max_eval_cases=1, report_to="none",
+        model=tiny_sam_dir,
+        cache_dir=dataset_cache,
+        output_dir=str(tmp_path),
+        max_steps=5,
+        eval_every=0,
+        save_every=1,
+        max_eval_cases=1,
+        report_to="none",
     )
     with pytest.raises(FloatingPointError, match="loss became nan at step 2"):
         train(args)
@@ -156,8 +214,13 @@ def test_a_non_finite_loss_stops_training_before_anything_is_saved(tiny_sam_dir,
 
 def test_resuming_with_other_adapter_options_is_refused(tiny_sam_dir, dataset_cache, tmp_path):
     options = dict(
-        model=tiny_sam_dir, cache_dir=dataset_cache, output_dir=str(tmp_path), eval_every=0, save_every=1,
-        max_eval_cases=1, report_to="none",
+        model=tiny_sam_dir,
+        cache_dir=dataset_cache,
+        output_dir=str(tmp_path),
+        eval_every=0,
+        save_every=1,
+        max_eval_cases=1,
+        report_to="none",
     )
     train(TrainingArguments(max_steps=1, **options))
     with pytest.raises(ValueError, match="other adapter options"):
@@ -167,8 +230,16 @@ def test_resuming_with_other_adapter_options_is_refused(tiny_sam_dir, dataset_ca
 def test_a_volume_data_set_trains_slice_by_slice_at_depth_one(tiny_sam_dir, dataset_cache, tmp_path):
     """The paper's 2D-on-BTCV setting: 3D examples, no depth adapter, every slice on its own."""
     args = TrainingArguments(
-        model=tiny_sam_dir, cache_dir=dataset_cache, output_dir=str(tmp_path), dataset_config="3d", volume_depth=1,
-        max_steps=2, eval_every=0, save_every=0, max_eval_cases=1, report_to="none",
+        model=tiny_sam_dir,
+        cache_dir=dataset_cache,
+        output_dir=str(tmp_path),
+        dataset_config="3d",
+        volume_depth=1,
+        max_steps=2,
+        eval_every=0,
+        save_every=0,
+        max_eval_cases=1,
+        report_to="none",
     )
     metrics = train(args)
     assert metrics["dataset_config"] == "3d" and metrics["steps"] == 2

@@ -231,8 +231,13 @@ def test_official_configuration_trains_encoder_adapters_and_the_whole_decoder(sa
 
 def test_config_refuses_contradictions():
     with pytest.raises(ValueError, match="every adapter off"):
-        MedSAConfig(space_adapter=False, mlp_adapter=False, hyper_adapter=False, decoder_mlp_adapter=False,
-                    decoder_key_adapter=False)
+        MedSAConfig(
+            space_adapter=False,
+            mlp_adapter=False,
+            hyper_adapter=False,
+            decoder_mlp_adapter=False,
+            decoder_key_adapter=False,
+        )
     with pytest.raises(ValueError, match="whole decoder"):
         MedSAConfig(modules_to_save=["mask_decoder"])
     with pytest.raises(ValueError, match="activation"):
@@ -250,7 +255,9 @@ def test_activation_checkpointing_keeps_depth_and_matches_plain_gradients(sam):
     pixels, boxes = images(4), boxes_for(4)
 
     def adapter_grads(checkpointing):
-        model = get_peft_model(randomize_weights(SamModel(sam.config)), MedSAConfig(depth_adapter=True, init="official"))
+        model = get_peft_model(
+            randomize_weights(SamModel(sam.config)), MedSAConfig(depth_adapter=True, init="official")
+        )
         torch.manual_seed(0)
         for p in model.parameters():
             if p.requires_grad:
