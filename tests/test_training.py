@@ -55,6 +55,20 @@ def quick_args(tiny_sam_dir, dataset_cache, output_dir, *extra):
     ]
 
 
+def quick_training(tiny_sam_dir, dataset_cache, output_dir, **overrides) -> TrainingArguments:
+    """In-process training options of the tests: the tiny SAM, a shared data set cache, no evaluation stops."""
+    options = dict(
+        model=tiny_sam_dir,
+        cache_dir=dataset_cache,
+        output_dir=str(output_dir),
+        eval_every=0,
+        save_every=0,
+        max_eval_cases=1,
+        report_to="none",
+    )
+    return TrainingArguments(**{**options, **overrides})
+
+
 def environment():
     return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -156,15 +170,12 @@ def test_two_processes_train_identical_weights_and_save_one_result(tiny_sam_dir,
 def test_push_to_hub_uploads_a_folder_that_loads(tiny_sam_dir, dataset_cache, tmp_path, monkeypatch):
     hub = LocalHub(tmp_path / "hub-home")
     hub.install(monkeypatch.setattr)
-    args = TrainingArguments(
-        model=tiny_sam_dir,
-        cache_dir=dataset_cache,
-        output_dir=str(tmp_path / "run"),
+    args = quick_training(
+        tiny_sam_dir,
+        dataset_cache,
+        tmp_path / "run",
         max_steps=2,
-        eval_every=0,
-        save_every=0,
         max_eval_cases=2,
-        report_to="none",
         push_to_hub=True,
         hub_model_id="someone/medsa-mni",
     )
@@ -193,16 +204,7 @@ def test_a_non_finite_loss_stops_training_before_anything_is_saved(tiny_sam_dir,
         return loss * float("nan") if calls["n"] == 3 else loss
 
     monkeypatch.setattr(DiceBCELoss, "forward", loss_that_blows_up)
-    args = TrainingArguments(
-        model=tiny_sam_dir,
-        cache_dir=dataset_cache,
-        output_dir=str(tmp_path),
-        max_steps=5,
-        eval_every=0,
-        save_every=1,
-        max_eval_cases=1,
-        report_to="none",
-    )
+    args = quick_training(tiny_sam_dir, dataset_cache, tmp_path, max_steps=5, save_every=1)
     with pytest.raises(FloatingPointError, match="loss became nan at step 2"):
         train(args)
     assert [path.name for path in checkpoint_dirs(tmp_path)] == ["step-000001", "step-000002"]
@@ -213,34 +215,18 @@ def test_a_non_finite_loss_stops_training_before_anything_is_saved(tiny_sam_dir,
 
 
 def test_resuming_with_other_adapter_options_is_refused(tiny_sam_dir, dataset_cache, tmp_path):
-    options = dict(
-        model=tiny_sam_dir,
-        cache_dir=dataset_cache,
-        output_dir=str(tmp_path),
-        eval_every=0,
-        save_every=1,
-        max_eval_cases=1,
-        report_to="none",
-    )
-    train(TrainingArguments(max_steps=1, **options))
+    train(quick_training(tiny_sam_dir, dataset_cache, tmp_path, max_steps=1, save_every=1))
     with pytest.raises(ValueError, match="other adapter options"):
-        train(TrainingArguments(max_steps=2, resume="latest", official=True, **options))
+        train(
+            quick_training(
+                tiny_sam_dir, dataset_cache, tmp_path, max_steps=2, save_every=1, resume="latest", official=True
+            )
+        )
 
 
 def test_a_volume_data_set_trains_slice_by_slice_at_depth_one(tiny_sam_dir, dataset_cache, tmp_path):
     """The paper's 2D-on-BTCV setting: 3D examples, no depth adapter, every slice on its own."""
-    args = TrainingArguments(
-        model=tiny_sam_dir,
-        cache_dir=dataset_cache,
-        output_dir=str(tmp_path),
-        dataset_config="3d",
-        volume_depth=1,
-        max_steps=2,
-        eval_every=0,
-        save_every=0,
-        max_eval_cases=1,
-        report_to="none",
-    )
+    args = quick_training(tiny_sam_dir, dataset_cache, tmp_path, dataset_config="3d", volume_depth=1, max_steps=2)
     metrics = train(args)
     assert metrics["dataset_config"] == "3d" and metrics["steps"] == 2
     assert not PeftConfig.from_pretrained(tmp_path / "adapter").depth_adapter
