@@ -3,6 +3,7 @@ eager Med-SA (materialised fp32 attention, `naive_medsa.py`) that stands in for 
 
     python benchmarks/benchmark.py --preset cpu                  # small SAM, fp32: ratios in a few minutes on 2 cores
     python benchmarks/benchmark.py --preset gpu --compile        # ViT-B at 1024 px, bf16 autocast, batch 4, D = 8
+    python benchmarks/benchmark.py --preset gpu --variants train:medsa-fused+compile,train:medsa-fused+cudagraphs
     python benchmarks/benchmark.py --preset gpu --variants train:medsa-fused-3d --depth 32 --batch 32 \\
         --gradient_checkpointing                                 # one 32-slice volume with activation checkpointing
 
@@ -12,6 +13,13 @@ Med-SA model uses `MedSAConfig.official()`, the authors' configuration: encoder 
 the whole mask decoder trained. LoRA: r=4 on the image encoder's qkv, the mask decoder trained (modules_to_save).
 3D steps take `max(1, batch // depth)` volumes of `depth` slices. images/s: images of one step over the median
 time of the timed steps (each step synchronised), so a busy shared machine disturbs it less; slices count as images.
+host %: the median time the step takes to return (the host issuing its work) over the median step time; near 100
+the step is bound by the host (Python, kernel launches), not by the device.
+
+Compiled variants (`medsa_peft.performance.compile_sam_layers`): "+compile" compiles every image-encoder layer and
+the prompt encoder and mask decoder whole; "+compile-blocks" the image-encoder layers and the decoder's two-way
+blocks only (the decoder's other modules eager); "+cudagraphs" is "+compile" with `mode="reduce-overhead"`, which
+replays each graph as a CUDA graph (on a CPU it is "+compile").
 
 Peak memory: on CUDA `torch.cuda.max_memory_allocated` from the model's creation to the end of the timed steps
 (weights, optimizer state and activations). On the CPU every variant runs in a fresh forked process and the peak is
@@ -81,16 +89,25 @@ def sam_config(name: str) -> SamConfig:
     )
 
 
+# how a compiled variant calls compile_sam_layers, by the suffix of its name
+COMPILE_MODES = {
+    "compile": {},
+    "compile-blocks": {"whole_decoder": False},
+    "cudagraphs": {"mode": "reduce-overhead"},
+}
+
+
 @dataclass(frozen=True)
 class Variant:
     task: str  # "train" or "infer"
     method: str  # "reference", "medsa", "medsa-fused", "lora", "full", "sam"
     volumetric: bool = False
-    compiled: bool = False
+    compiled: str = ""  # "" (eager) or a key of COMPILE_MODES
 
     @property
     def name(self) -> str:
-        return f"{self.task}:{self.method}{'-3d' if self.volumetric else ''}{'+compile' if self.compiled else ''}"
+        suffix = ("-3d" if self.volumetric else "") + (f"+{self.compiled}" if self.compiled else "")
+        return f"{self.task}:{self.method}{suffix}"
 
 
 TRAINING = [
@@ -102,14 +119,14 @@ INFERENCE = [Variant("infer", method) for method in ("reference", "sam", "lora",
 ALL_VARIANTS = {
     variant.name: variant
     for base in TRAINING + INFERENCE
-    for variant in (base, replace(base, compiled=True))
+    for variant in [base] + [replace(base, compiled=mode) for mode in COMPILE_MODES]
     if not (variant.compiled and variant.method == "reference")
 }
 
 
 def default_variants(compiled: bool) -> list[Variant]:
     eager = TRAINING + INFERENCE
-    return eager + ([replace(v, compiled=True) for v in eager if v.method != "reference"] if compiled else [])
+    return eager + ([replace(v, compiled="compile") for v in eager if v.method != "reference"] if compiled else [])
 
 
 @cache
@@ -140,7 +157,7 @@ def build_model(variant: Variant, preset: Preset, gradient_checkpointing: bool) 
     if variant.method == "reference":
         model = NaiveMedSA(model)
     if variant.compiled:
-        compile_sam_layers(model, dynamic=False)
+        compile_sam_layers(model, dynamic=False, **COMPILE_MODES[variant.compiled])
     model.train(variant.task == "train")
     return model, share
 
@@ -167,6 +184,11 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def cudagraph_skips() -> int:
+    """Graphs so far that Inductor compiled for CUDA graphs but runs without them (the log says why)."""
+    return torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]
+
+
 def current_rss_bytes() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -178,6 +200,7 @@ def measure(variant: Variant, preset: Preset, args: argparse.Namespace) -> dict:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rss_before = current_rss_bytes()
+    skips_before = cudagraph_skips()
     model, trainable_share = build_model(variant, preset, args.gradient_checkpointing)
     images, depth = images_per_step(variant, args.batch, args.depth)
     image_size = sam_config(preset.config).vision_config.image_size
@@ -195,6 +218,8 @@ def measure(variant: Variant, preset: Preset, args: argparse.Namespace) -> dict:
         optimizer = torch.optim.AdamW(parameters, lr=1e-4, fused=device == "cuda")
 
         def step():
+            if variant.compiled == "cudagraphs":
+                torch.compiler.cudagraph_mark_step_begin()  # the graphs' outputs of the last step may be reused
             optimizer.zero_grad(set_to_none=True)
             loss = F.binary_cross_entropy_with_logits(forward().pred_masks.float(), inputs["target"])
             loss.backward()
@@ -202,6 +227,8 @@ def measure(variant: Variant, preset: Preset, args: argparse.Namespace) -> dict:
     else:
 
         def step():
+            if variant.compiled == "cudagraphs":
+                torch.compiler.cudagraph_mark_step_begin()
             with torch.inference_mode():
                 forward()
 
@@ -210,13 +237,15 @@ def measure(variant: Variant, preset: Preset, args: argparse.Namespace) -> dict:
         step()
     synchronize(device)
     warmup_s = time.perf_counter() - started
-    step_seconds = []
+    step_seconds, issue_seconds = [], []
     for _ in range(args.steps):
         started = time.perf_counter()
         step()
+        issue_seconds.append(time.perf_counter() - started)
         synchronize(device)
         step_seconds.append(time.perf_counter() - started)
     median = sorted(step_seconds)[len(step_seconds) // 2]
+    median_issue = sorted(issue_seconds)[len(issue_seconds) // 2]
     if device == "cuda":
         peak, peak_kind = torch.cuda.max_memory_allocated(), "cuda_max_allocated"
     else:
@@ -224,8 +253,11 @@ def measure(variant: Variant, preset: Preset, args: argparse.Namespace) -> dict:
     row = {
         "variant": variant.name, **asdict(variant), "images_per_step": images, "steps": args.steps,
         "images_per_s": images / median, "step_ms": [round(1000 * t, 2) for t in step_seconds],
+        "issue_ms": [round(1000 * t, 2) for t in issue_seconds], "host_percent": 100 * median_issue / median,
         "warmup_s": warmup_s, "peak_bytes": peak, "peak_kind": peak_kind, "trainable_percent": trainable_share,
     }
+    if variant.compiled == "cudagraphs":  # graphs that Inductor could not replay as CUDA graphs run without
+        row["cudagraph_skips"] = cudagraph_skips() - skips_before
     if args.profile:
         row["profile"] = profile_step(step, device)
     return row
@@ -247,11 +279,13 @@ def run_isolated(function, fork: bool) -> dict:
         return _as_row(function)
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:
-        os.close(read_end)
-        with os.fdopen(write_end, "w") as pipe:
-            json.dump(_as_row(function), pipe)
-        os._exit(0)
+    if pid == 0:  # the child never returns into the caller's code, whatever happens
+        try:
+            os.close(read_end)
+            with os.fdopen(write_end, "w") as pipe:
+                json.dump(_as_row(function), pipe)
+        finally:
+            os._exit(0)
     os.close(write_end)
     with os.fdopen(read_end) as pipe:
         text = pipe.read()
@@ -306,22 +340,22 @@ def report(rows: list[dict]) -> str:
         eager = Variant(row["task"], method, row["volumetric"] and method == "reference").name
         return by_name.get(same) or by_name.get(eager)
 
-    header = (f"{'variant':28} {'img/s':>8} {'x ref':>6} {'x LoRA':>6} {'x SAM':>6} "
-              f"{'peak MiB':>9} {'mem x LoRA':>10} {'train %':>8}")
+    header = (f"{'variant':34} {'img/s':>8} {'x ref':>6} {'x LoRA':>6} {'x SAM':>6} "
+              f"{'peak MiB':>9} {'mem x LoRA':>10} {'train %':>8} {'host %':>7}")
     lines = [header, "-" * len(header)]
     for row in rows:
         if "error" in row:
-            lines.append(f"{row['variant']:28} {row['error']}")
+            lines.append(f"{row['variant']:34} {row['error']}")
             continue
         reference = baseline(row, "reference")
         lora = baseline(row, "lora")
         sam = baseline(row, "sam") if row["task"] == "infer" else None
         ips = row["images_per_s"]
         lines.append(
-            f"{row['variant']:28} {ips:8.2f} {ratio(ips, reference and reference['images_per_s'])} "
+            f"{row['variant']:34} {ips:8.2f} {ratio(ips, reference and reference['images_per_s'])} "
             f"{ratio(ips, lora and lora['images_per_s'])} {ratio(ips, sam and sam['images_per_s'])} "
             f"{row['peak_bytes'] / 2**20:9.0f} {ratio(row['peak_bytes'], lora and lora['peak_bytes']):>10} "
-            f"{row['trainable_percent']:8.2f}"
+            f"{row['trainable_percent']:8.2f} {row['host_percent']:7.0f}"
         )
     return "\n".join(lines)
 
@@ -391,6 +425,8 @@ def main(argv: list[str] | None = None) -> None:
             row = {"variant": variant.name, "error": "skipped: time budget spent"}
         else:
             row = {"variant": variant.name, **run_isolated(partial(measure, variant, preset, args), fork)}
+            if variant.compiled == "cudagraphs":
+                torch._dynamo.reset()  # frees the CUDA graphs' memory pool, which later peaks would count
         payload["rows"].append(row)
         print(json.dumps({key: value for key, value in row.items() if key != "profile"}), flush=True)
         if "profile" in row:

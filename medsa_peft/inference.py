@@ -350,7 +350,8 @@ class MedSAPredictor:
         chunk_depth: slices per forward pass of a model with the depth adapter (the SD-Trans depth D).
         overlap: slices shared by consecutive chunks; their mask logits are averaged.
         batch_size: slices per forward pass (whole chunks of a depth model: at least one chunk).
-        compile: `torch.compile` every SAM layer (`performance.compile_sam_layers`).
+        compile: `torch.compile` each image-encoder layer, the prompt encoder and the mask decoder
+            (`performance.compile_sam_layers`).
         fused_attention: SAM's spatial attention without its (HW x HW) bias (`performance.use_fused_attention`),
             the same function up to rounding; faster and leaner on GPUs.
         progress: show a tqdm bar over the forward passes.

@@ -2,7 +2,7 @@
 
     model = get_peft_model(sam, MedSAConfig(...))
     use_fused_attention(model)     # SAM's attention without its (HW x HW) bias; the depth branch shares its qkv
-    compile_sam_layers(model)      # torch.compile every image-encoder layer and two-way block, one graph each
+    compile_sam_layers(model)      # torch.compile every image-encoder layer, the prompt encoder and the mask decoder
 
 Both keep the function the model computes (up to rounding) and its parameter names.
 """
@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers.models.sam.modeling_sam import SamTwoWayAttentionBlock, SamVisionLayer
+from transformers.models.sam.modeling_sam import (
+    SamMaskDecoder,
+    SamPromptEncoder,
+    SamTwoWayAttentionBlock,
+    SamVisionLayer,
+)
 
 from .layer import MedSALayer, MedSAVisionLayer
 
@@ -31,23 +36,29 @@ def use_fused_attention(model: nn.Module, enabled: bool = True) -> nn.Module:
     return model
 
 
-def compile_sam_layers(model: nn.Module, **compile_kwargs) -> nn.Module:
-    """`torch.compile` the forward of every image-encoder layer and two-way block of a SamModel, in place.
+def compile_sam_layers(model: nn.Module, whole_decoder: bool = True, **compile_kwargs) -> nn.Module:
+    """`torch.compile`, in place, the forward of every image-encoder layer of a SamModel, and of its prompt encoder
+    and mask decoder as two whole graphs.
 
-    Works with and without adapters (Med-SA, LoRA, none): a Med-SA layer is compiled whole, its SAM block inside it
-    is not compiled again. Compiling the layers rather than the model keeps Med-SA's `depth` argument, which forward
-    pre-hooks hand to each layer, outside the graphs, so one graph per layer kind serves every call; activation
-    checkpointing wraps the compiled layers as it wraps eager ones. `compile_kwargs` go to `torch.compile`.
-    Returns `model`.
+    Works with and without adapters (Med-SA, LoRA, none; copies that PEFT's `modules_to_save` keeps included): a
+    Med-SA layer is compiled whole, its SAM block inside it is not compiled again. The image encoder is compiled
+    layer by layer, so Med-SA's `depth` argument, which forward pre-hooks hand to each layer, stays outside the
+    graphs and one graph per layer kind serves every call; activation checkpointing wraps the compiled layers as
+    it wraps eager ones. The decoder side runs once per step on few tokens, so its cost is kernel launches: one
+    graph for all of it (its two-way blocks, final attention, upscaling, hypernetwork MLPs and IoU head) launches
+    a few fused kernels where eager mode launches hundreds. `whole_decoder=False` compiles only the decoder's
+    two-way blocks instead, one graph each. `compile_kwargs` go to `torch.compile` (e.g. `mode="reduce-overhead"`
+    for CUDA graphs). Returns `model`.
     """
-    wrapped = {id(module.base_layer) for module in model.modules() if isinstance(module, MedSALayer)}
-    layers = [
-        module
-        for module in model.modules()
-        if isinstance(module, (MedSALayer, SamVisionLayer, SamTwoWayAttentionBlock)) and id(module) not in wrapped
-    ]
-    if not layers:
-        raise ValueError("compile_sam_layers found no SAM image-encoder layer or two-way block in the model.")
+    whole = (SamPromptEncoder, SamMaskDecoder) if whole_decoder else ()
+    kinds = (MedSALayer, SamVisionLayer, SamTwoWayAttentionBlock) + whole
+    covered = {id(module.base_layer) for module in model.modules() if isinstance(module, MedSALayer)}
+    for module in model.modules():
+        if isinstance(module, whole):
+            covered.update(id(inner) for inner in module.modules() if inner is not module)
+    layers = [module for module in model.modules() if isinstance(module, kinds) and id(module) not in covered]
+    if not any(isinstance(layer, (MedSAVisionLayer, SamVisionLayer)) for layer in layers):
+        raise ValueError("compile_sam_layers found no SAM image-encoder layer in the model.")
     for layer in layers:
         layer.forward = torch.compile(layer.forward, **compile_kwargs)
     return model

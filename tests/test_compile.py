@@ -124,12 +124,38 @@ def test_compiled_layers_train_a_volume_with_checkpointing_without_recompiling(s
     after_first_call = graphs_so_far()
     adapter_grads(compiled)
 
-    # a windowed and a global image-encoder layer, the first two-way block (skips its PE) and the second
+    # a windowed and a global image-encoder layer, the prompt encoder and the mask decoder
     assert after_first_call - before == 4
     assert graphs_so_far() == after_first_call, "a second call recompiled"
     assert got.keys() == expected.keys()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("whole_decoder", [True, False], ids=["whole-decoder", "two-way-blocks"])
+def test_decoder_side_compiles_whole_or_block_by_block(sam, whole_decoder):
+    """fullgraph: no graph break anywhere. Whole: the hypernetwork MLPs (outside the two-way blocks) are inside a
+    graph; block by block: only the blocks' weights are."""
+    graph_inputs = []
+
+    def recording_backend(graph_module, example_inputs):
+        graph_inputs.append({node.name for node in graph_module.graph.nodes if node.op == "placeholder"})
+        return torch._dynamo.backends.debugging.aot_eager(graph_module, example_inputs)
+
+    model = use_fused_attention(official_3d(sam))
+    pixels, boxes = torch.randn(4, 3, 64, 64), torch.tensor([[[4.0, 6.0, 40.0, 50.0]]]).repeat(4, 1, 1)
+    with torch.no_grad():
+        expected = model(pixel_values=pixels, depth=2, input_boxes=boxes).pred_masks
+    compile_sam_layers(model, whole_decoder=whole_decoder, backend=recording_backend, fullgraph=True)
+    with torch.no_grad():
+        got = model(pixel_values=pixels, depth=2, input_boxes=boxes).pred_masks
+
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    reads_hypernetworks = ["output_hypernetworks_mlps" in name for names in graph_inputs for name in names]
+    reads_two_way_blocks = ["medsa_hyper_adapter" in name for names in graph_inputs for name in names]
+    assert any(reads_hypernetworks) == whole_decoder
+    assert any(reads_two_way_blocks)
+    assert len(graph_inputs) == 4  # windowed layer, global layer, then prompt encoder + decoder or the two blocks
 
 
 def test_compile_sam_layers_compiles_plain_sam_too(sam):

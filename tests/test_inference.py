@@ -15,7 +15,7 @@ from medsa_peft import MedSAConfig
 from medsa_peft.data.preprocess import frame_coordinates, frame_images, sam_logits_to_original
 from medsa_peft.inference import AdapterNotFoundError, Box3D, MedSAPredictor, PromptError, SlicePrompt
 from medsa_peft.io import UnsupportedFileError, read_image
-from medsa_peft.layer import MedSATwoWayLayer, MedSAVisionLayer
+from medsa_peft.layer import MedSAVisionLayer
 from medsa_peft.testing import randomize_adapters
 
 SIZE = 64  # image_size of the tiny SAM
@@ -254,11 +254,14 @@ def test_bfloat16_and_compile_switches(sam, tmp_path, monkeypatch):
     predictor = MedSAPredictor.from_pretrained(
         adapter_dir, sam_dir, dtype="bfloat16", compile=True, fused_attention=True, progress=False
     )
-    tuner_layers = [
-        module for module in predictor.model.modules() if isinstance(module, (MedSAVisionLayer, MedSATwoWayLayer))
+    sam_model = predictor.model.base_model.model
+    encoder_layers = [module for module in predictor.model.modules() if isinstance(module, MedSAVisionLayer)]
+    # one graph per image-encoder layer, the prompt encoder and the mask decoder (its Med-SA blocks inside) whole
+    assert [function.__self__ for function in compiled] == encoder_layers + [
+        sam_model.prompt_encoder,
+        sam_model.mask_decoder,
     ]
-    assert len(tuner_layers) == 4 and [function.__self__ for function in compiled] == tuner_layers  # one per layer
-    assert all(layer.fused_attention for layer in tuner_layers if isinstance(layer, MedSAVisionLayer))
+    assert all(layer.fused_attention for layer in encoder_layers)
     assert {param.dtype for param in predictor.model.parameters()} == {torch.bfloat16}
     logits = predictor.predict_logits(random_slices(depth=3), [SlicePrompt(box=(2, 3, 18, 15))] * 3)
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()

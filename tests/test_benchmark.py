@@ -1,0 +1,61 @@
+"""benchmarks/benchmark.py: a short CPU run end to end, and the ratios of its table."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark.py"
+
+
+@pytest.fixture(scope="module")
+def benchmark_script():
+    spec = importlib.util.spec_from_file_location("benchmark", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["benchmark"] = module
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["benchmark"]
+
+
+def test_cpu_run_writes_every_row_and_the_table(benchmark_script, tmp_path):
+    output = tmp_path / "cpu.json"
+    benchmark_script.main(["--preset", "cpu", "--variants", "train:reference,train:medsa-fused,train:lora,infer:sam",
+                    "--steps", "1", "--warmup", "0", "--depth", "2", "--output", str(output)])
+
+    payload = json.loads(output.read_text())
+    assert payload["agreement"]["fused_vs_reference"] < 1e-4
+    rows = {row["variant"]: row for row in payload["rows"]}
+    assert list(rows) == ["train:reference", "train:medsa-fused", "train:lora", "infer:sam"]
+    assert all("error" not in row for row in rows.values()), rows
+    assert all(row["images_per_s"] > 0 and row["peak_bytes"] > 0 for row in rows.values())
+    assert rows["train:medsa-fused"]["trainable_percent"] > rows["train:lora"]["trainable_percent"] > 0
+    assert rows["infer:sam"]["trainable_percent"] == 0
+    assert "train:medsa-fused" in payload["table"]
+
+
+def row(benchmark_script, name: str, images_per_s: float, peak_mib: float) -> dict:
+    variant = benchmark_script.ALL_VARIANTS[name]
+    return {"variant": name, "task": variant.task, "method": variant.method, "volumetric": variant.volumetric,
+            "compiled": variant.compiled, "images_per_s": images_per_s, "peak_bytes": peak_mib * 2**20,
+            "trainable_percent": 1.0, "host_percent": 50.0}
+
+
+def test_ratios_compare_with_the_reference_and_with_lora_compiled_the_same_way(benchmark_script):
+    rows = [
+        row(benchmark_script, "train:reference", 10.0, 400),
+        row(benchmark_script, "train:lora", 20.0, 200),
+        row(benchmark_script, "train:lora+cudagraphs", 40.0, 250),
+        row(benchmark_script, "train:medsa-fused+cudagraphs", 60.0, 100),
+        row(benchmark_script, "train:medsa-fused+compile", 30.0, 100),
+        {"variant": "train:full", "error": "out of memory"},
+    ]
+    lines = {line.split()[0]: line.split()[1:] for line in benchmark_script.report(rows).splitlines()[2:]}
+
+    # img/s, x ref, x LoRA, x SAM, peak MiB, mem x LoRA, train %, host %
+    assert lines["train:medsa-fused+cudagraphs"] == ["60.00", "6.00", "1.50", "-", "100", "0.40", "1.00", "50"]
+    # no LoRA+compile row: the eager LoRA row is the baseline
+    assert lines["train:medsa-fused+compile"][:3] == ["30.00", "3.00", "1.50"]
+    assert lines["train:full"] == ["out", "of", "memory"]
