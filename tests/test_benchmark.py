@@ -1,4 +1,4 @@
-"""benchmarks/benchmark.py: a short CPU run end to end, and the ratios of its table."""
+"""benchmarks/: a short CPU run of benchmark.py end to end, the ratios of its table, and op_counts.py."""
 
 import importlib.util
 import json
@@ -7,16 +7,20 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def benchmark_script():
-    spec = importlib.util.spec_from_file_location("benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["benchmark"] = module
-    spec.loader.exec_module(module)
-    yield module
+    yield load_script("benchmark")
     del sys.modules["benchmark"]
 
 
@@ -59,3 +63,16 @@ def test_ratios_compare_with_the_reference_and_with_lora_compiled_the_same_way(b
     # no LoRA+compile row: the eager LoRA row is the baseline
     assert lines["train:medsa-fused+compile"][:3] == ["30.00", "3.00", "1.50"]
     assert lines["train:full"] == ["out", "of", "memory"]
+
+
+def test_op_counts_of_vit_b_on_the_meta_device():
+    op_counts = load_script("op_counts")
+    counts = op_counts.count("medsa-fused", batch=1)
+
+    assert counts["image-encoder layers"] > counts["decoder two-way blocks"] > counts["rest of the mask decoder"]
+    assert counts["rest of the mask decoder"] > counts["prompt encoder"] > 0 and counts["patch embedding, neck"] > 0
+    left_eager = {name: sum(n for part, n in counts.items() if part not in parts)
+                  for name, parts in op_counts.COMPILED.items()}
+    # the decoder compiled whole leaves the stem, the neck and the loss: under 1% of the step's calls
+    assert left_eager["whole decoder"] < 0.01 * sum(counts.values()) < left_eager["blocks"]
+    del sys.modules["op_counts"]
