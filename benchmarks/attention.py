@@ -11,7 +11,8 @@ score(q, k) = scale q.k + rel_h[q, row(k)] + rel_w[q, col(k)], with rel_h (N, he
   widths; what the library does), or v left 64 wide; each under the default kernel choice and each kernel forced;
 - flex: torch.compile'd flex_attention with the bias added in a score_mod (learnable captured tensors).
 Cases: a global layer (64 x 64 tokens, batch 4), a windowed one (14 x 14 windows, 4 x 25 of them), and SD-Trans's
-depth attention (8 slices at each of the 64 x 64 tokens of one volume; no bias) under each kernel.
+depth attention (8 slices at each of the 64 x 64 tokens of one volume; no bias) under each kernel and as
+`medsa_peft.adapters.short_sequence_attention` compiled, what a compiled Med-SA layer runs ("short-compiled").
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medsa_peft.adapters import fold_bias_into_query_key
+from medsa_peft.adapters import fold_bias_into_query_key, short_sequence_attention
 
 HEADS, HEAD_DIM = 12, 64
 KERNELS = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH)
@@ -137,11 +138,12 @@ def main() -> None:
         ("window", inputs(windows, args.window**2, args.window, args.device, dtype), biased_ways, with_bias),
     ]
     if args.flex != "only":
-        cases.append(("depth", inputs(args.side**2, args.depth, 0, args.device, dtype), {"plain": plain}, plain))
+        depth_ways = {"plain": plain, "short-compiled": torch.compile(short_sequence_attention)}
+        cases.append(("depth", inputs(args.side**2, args.depth, 0, args.device, dtype), depth_ways, plain))
     rows = []
     for case, tensors, ways, reference in cases:
         for name, attend in ways.items():
-            for kernel in (None,) + (KERNELS if name != "flex" else ()):
+            for kernel in (None,) + (KERNELS if name not in ("flex", "short-compiled") else ()):
                 started = time.perf_counter()
                 try:
                     if kernel is None:

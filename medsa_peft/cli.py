@@ -118,7 +118,9 @@ def add_predict_command(subparsers) -> None:
     parser.add_argument("--chunk-depth", type=int, default=8, help="slices per pass of a depth (SD-Trans) adapter")
     parser.add_argument("--overlap", type=int, default=2, help="slices shared by consecutive chunks")
     parser.add_argument("--batch-size", type=int, default=8, help="slices per forward pass")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the image-encoder layers and the decoder side (first pass slower)")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the encoder layers, decoder side (first pass slower)"
+    )
     parser.add_argument(
         "--fused-attention", action="store_true", help="SAM's attention without its (HW x HW) bias: faster on GPUs"
     )

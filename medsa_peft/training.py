@@ -73,7 +73,7 @@ class TrainingArguments:
     fused_attention: bool = field(
         default=True, metadata={"help": "SAM's attention without its (HW x HW) bias (--no_fused_attention: SAM's own)"}
     )
-    compile: bool = field(default=False, metadata={"help": "torch.compile the image-encoder layers and the decoder side"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the encoder layers, decoder side"})
     resume: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})
     push_to_hub: bool = False
     hub_model_id: str | None = None

@@ -10,7 +10,7 @@ from peft import get_peft_model
 
 import medsa_peft  # noqa: F401  (registers MEDSA)
 from medsa_peft import MedSAConfig
-from medsa_peft.adapters import rel_pos_attention
+from medsa_peft.adapters import rel_pos_attention, short_sequence_attention
 from medsa_peft.layer import MedSATwoWayLayer, MedSAVisionLayer
 from medsa_peft.performance import compile_sam_layers, use_fused_attention
 from medsa_peft.testing import tiny_sam_model
@@ -55,6 +55,21 @@ def test_fused_attention_is_sams_attention(window_size):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     for got_grad, expected_grad in zip(got_grads, expected_grads):
         torch.testing.assert_close(got_grad, expected_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_short_sequence_attention_is_sdpa():
+    """The compiled depth branch's attention: SDPA's output and gradients, for 8 slices of 40 tokens x 3 heads."""
+    tensors = [torch.randn(40, 3, 8, 16, requires_grad=True) for _ in range(3)]
+
+    expected, expected_grads = output_and_grads(torch.nn.functional.scaled_dot_product_attention, tensors, [])
+    got, got_grads = output_and_grads(short_sequence_attention, tensors, [])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    for got_grad, expected_grad in zip(got_grads, expected_grads):
+        torch.testing.assert_close(got_grad, expected_grad, rtol=1e-4, atol=1e-5)
+
+    half = [tensor.detach().bfloat16() for tensor in tensors]
+    assert short_sequence_attention(*half).dtype == torch.bfloat16
+    torch.testing.assert_close(short_sequence_attention(*half).float(), expected.detach(), rtol=0, atol=3e-2)
 
 
 def test_fused_attention_model_matches_plain_model(sam):
