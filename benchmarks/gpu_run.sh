@@ -4,8 +4,9 @@
 #     OUT=/tmp/gpu bash benchmarks/gpu_run.sh
 # 1. the gpu preset: the eager baselines, then the compiled variants (whole decoder, decoder block by block, CUDA
 #    graphs) of Med-SA 2D and 3D, LoRA and SamModel inference;
-# 2. one volume of 32 slices at 1024 px with activation checkpointing (fused attention, then SAM's);
-# 3. the attention micro-benchmark (bias vs folded q/k per kernel, depth attention per kernel);
+# 2. the attention micro-benchmark (bias vs folded q/k per kernel; depth attention per kernel and compiled as
+#    products and sums, the library's compiled path);
+# 3. one volume of 32 slices at 1024 px with activation checkpointing (fused attention, then SAM's);
 # 4. flex_attention in the micro-benchmark, last, as it compiles for a while.
 # Wheels in .whl/ (transformers, peft) are installed first where the machine has other versions.
 set -u
@@ -27,19 +28,20 @@ python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 
 stage "gpu preset"
 EAGER=train:reference,train:reference-3d,train:lora,train:full,train:medsa-fused,train:medsa-fused-3d
 EAGER=$EAGER,infer:reference,infer:sam,infer:lora,infer:medsa-fused,train:medsa,train:medsa-3d,infer:medsa
-COMPILED=train:medsa-fused+cudagraphs,train:medsa-fused+compile,train:lora+compile,train:lora+cudagraphs
-COMPILED=$COMPILED,train:medsa-fused-3d+cudagraphs,train:medsa-fused-3d+compile,infer:sam+compile
-COMPILED=$COMPILED,infer:medsa-fused+compile,infer:sam+cudagraphs,infer:medsa-fused+cudagraphs
+# CUDA graphs after plain compilation: a capture that fails could leave the device in a state that spoils later rows
+COMPILED=train:medsa-fused+compile,train:lora+compile,train:medsa-fused-3d+compile,infer:sam+compile
+COMPILED=$COMPILED,infer:medsa-fused+compile,train:medsa-fused+cudagraphs,train:lora+cudagraphs
+COMPILED=$COMPILED,train:medsa-fused-3d+cudagraphs,infer:sam+cudagraphs,infer:medsa-fused+cudagraphs
 COMPILED=$COMPILED,train:medsa-fused+compile-blocks
 timeout 420 python3 benchmarks/benchmark.py --preset gpu --variants "$EAGER,$COMPILED" \
     --time_budget 390 --output "$OUT/gpu.json"
 
+stage "attention micro-benchmark"
+timeout 90 python3 benchmarks/attention.py --flex skip --output "$OUT/attention.json"
+
 stage "32 slices, activation checkpointing"
 timeout 100 python3 benchmarks/benchmark.py --preset gpu --batch 32 --depth 32 --steps 2 --warmup 1 \
     --gradient_checkpointing --no_check --variants train:medsa-fused-3d,train:medsa-3d --output "$OUT/volume32.json"
-
-stage "attention micro-benchmark"
-timeout 90 python3 benchmarks/attention.py --flex skip --output "$OUT/attention.json"
 
 stage "flex_attention"
 timeout 60 python3 benchmarks/attention.py --flex only --output "$OUT/attention_flex.json"
