@@ -16,6 +16,9 @@ from torch import nn
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 # Fused attention kernels want head widths in multiples of 8.
 HEAD_ALIGNMENT = 8
+# Compiled, depth attention over at most this many slices runs as products and sums (`short_sequence_attention`);
+# on a CPU that is 4x faster than scaled_dot_product_attention at 8 slices, 1.5x at 32, 0.9x at 64.
+SHORT_SEQUENCE_MAX = 32
 
 
 def adapter_width(features: int, bottleneck_ratio: float) -> int:
@@ -85,8 +88,8 @@ def depth_attention(qkv_states: torch.Tensor, depth: int, proj: nn.Linear, num_h
     The D slices of each volume lie consecutively in the batch. For every spatial location (i, j) the
     sequence is the D tokens at (i, j), one per slice. Queries, keys and values come from the layer's frozen
     spatial `qkv` projection and the output goes through its frozen `proj` (shared weights); no
-    relative-position terms. One attention call covers every token of every volume: scaled_dot_product_attention
-    in eager mode, `short_sequence_attention` under torch.compile.
+    relative-position terms. One attention call covers every token of every volume: scaled_dot_product_attention,
+    or under torch.compile and for D <= SHORT_SEQUENCE_MAX `short_sequence_attention`.
 
     Args:
         qkv_states: (B * D, H, W, 3 C), `attn.qkv` of the layer-normed tokens, volume by volume.
@@ -101,7 +104,7 @@ def depth_attention(qkv_states: torch.Tensor, depth: int, proj: nn.Linear, num_h
     qkv = qkv_states.reshape(batch, depth, height * width, 3, num_heads, head_dim)
     # -> 3 x (B * HW, heads, D, head_dim): one sequence of D slices per spatial token and head
     query, key, value = qkv.permute(3, 0, 2, 4, 1, 5).reshape(3, batch * height * width, num_heads, depth, -1)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and depth <= SHORT_SEQUENCE_MAX:
         attended = short_sequence_attention(query, key, value)
     else:
         attended = F.scaled_dot_product_attention(query, key, value)

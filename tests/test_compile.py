@@ -10,7 +10,7 @@ from peft import get_peft_model
 
 import medsa_peft  # noqa: F401  (registers MEDSA)
 from medsa_peft import MedSAConfig
-from medsa_peft.adapters import rel_pos_attention, short_sequence_attention
+from medsa_peft.adapters import SHORT_SEQUENCE_MAX, depth_attention, rel_pos_attention, short_sequence_attention
 from medsa_peft.layer import MedSATwoWayLayer, MedSAVisionLayer
 from medsa_peft.performance import compile_sam_layers, use_fused_attention
 from medsa_peft.testing import tiny_sam_model
@@ -70,6 +70,24 @@ def test_short_sequence_attention_is_sdpa():
     half = [tensor.detach().bfloat16() for tensor in tensors]
     assert short_sequence_attention(*half).dtype == torch.bfloat16
     torch.testing.assert_close(short_sequence_attention(*half).float(), expected.detach(), rtol=0, atol=3e-2)
+
+
+@pytest.mark.parametrize("depth", [2, SHORT_SEQUENCE_MAX + 1])
+def test_compiled_depth_attention_runs_products_and_sums_for_short_volumes_only(depth):
+    calls_sdpa = []
+
+    def recording_backend(graph_module, example_inputs):
+        sdpa = torch._C._nn.scaled_dot_product_attention
+        calls_sdpa.append(any(node.target is sdpa for node in graph_module.graph.nodes))
+        return graph_module.forward
+
+    proj = torch.nn.Linear(8, 8)
+    qkv_states = torch.randn(depth, 3, 3, 24)  # one volume of `depth` slices, 3 x 3 tokens, 2 heads of 4
+    expected = depth_attention(qkv_states, depth, proj, num_heads=2)
+    got = torch.compile(depth_attention, backend=recording_backend, fullgraph=True)(qkv_states, depth, proj, 2)
+
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert calls_sdpa == [depth > SHORT_SEQUENCE_MAX]
 
 
 def test_fused_attention_model_matches_plain_model(sam):
