@@ -33,6 +33,7 @@ from .config import MEDSA_PEFT_TYPE
 from .data.preprocess import (
     MODALITIES,
     SamFrame,
+    covering_windows,
     frame_coordinates,
     frame_images,
     normalize_intensity,
@@ -467,10 +468,7 @@ class MedSAPredictor:
         """Forward passes as lists of slice ranges: depth chunks holding a prompted slice, or single slices."""
         if self.has_depth:
             size = min(depth, self.chunk_depth)
-            starts = list(range(0, depth - size + 1, size - min(self.overlap, size - 1)))
-            if starts[-1] + size < depth:
-                starts.append(depth - size)
-            chunks = [range(start, start + size) for start in starts]
+            chunks = covering_windows(0, depth, size, depth, overlap=min(self.overlap, size - 1))
             needed = [chunk for chunk in chunks if any(index in chunk for index in prompted)]
             per_pass = max(1, self.batch_size // size)
         else:

@@ -13,7 +13,15 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data import EvaluationCase, PromptSpec, SamFrame, evaluation_cases, frame_masks, resized_shape
+from .data import (
+    EvaluationCase,
+    PromptSpec,
+    SamFrame,
+    covering_windows,
+    evaluation_cases,
+    frame_masks,
+    resized_shape,
+)
 from .data.preprocess import SAM_PIXEL_MEAN, SAM_PIXEL_STD, sam_logits_to_original
 from .data.samples import nearest_present_slices
 from .metrics import MaskScores, mask_scores, summarize
@@ -31,11 +39,6 @@ class Evaluation:
     summary: dict[str, float]
     per_volume: dict[str, dict[str, MaskScores]] = field(default_factory=dict)
     overlay: Image.Image | None = None
-
-
-def _slice_windows(first: int, stop: int, depth: int, total: int) -> list[int]:
-    """Starts of depth-`depth` windows covering slices [first, stop) of a volume of `total` slices."""
-    return sorted({min(max(start, 0), total - depth) for start in range(first, stop, depth)})
 
 
 def _prompts_for(case: EvaluationCase, slice_indices: np.ndarray) -> dict[str, torch.Tensor]:
@@ -64,11 +67,11 @@ def predict_case(model, case: EvaluationCase, depth: int | None, batch_size: int
     else:
         window = min(depth, total)
         first, stop = int(case.prompt_slices.min()), int(case.prompt_slices.max()) + 1
-        starts = _slice_windows(first, stop, window, total)
+        windows = covering_windows(first, stop, window, total)
         per_call = max(1, batch_size // window)
         groups = [
-            np.concatenate([np.arange(start, start + window) for start in starts[i : i + per_call]])
-            for i in range(0, len(starts), per_call)
+            np.concatenate([np.asarray(indices) for indices in windows[i : i + per_call]])
+            for i in range(0, len(windows), per_call)
         ]
     for indices in groups:
         inputs = {name: value.to(device) for name, value in _prompts_for(case, indices).items()}

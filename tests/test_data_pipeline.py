@@ -13,6 +13,7 @@ from medsa_peft.data import (
     SamFrame,
     SamTrainingSamples,
     collate_sam,
+    covering_windows,
     decode_example,
     decoder_targets,
     evaluation_cases,
@@ -261,6 +262,27 @@ def test_slices_without_the_object_take_the_prompt_of_the_nearest_slice_with_it(
     present = np.array([False, True, False, False, True, False, True])
     # slice 2 is nearer to 1, slice 3 to 4, slice 5 ties between 4 and 6 and takes the lower
     np.testing.assert_array_equal(nearest_present_slices(present), [1, 1, 1, 4, 4, 4, 6])
+
+
+@pytest.mark.parametrize(
+    "first, stop, size, total, overlap, starts",
+    [
+        (3, 8, 4, 10, 0, [3, 6]),
+        (0, 10, 4, 10, 0, [0, 4, 6]),  # the last window moves back inside the volume
+        (5, 6, 4, 6, 0, [2]),
+        (2, 9, 10, 10, 0, [0]),
+        (0, 10, 4, 10, 1, [0, 3, 6]),  # neighbours share a slice; 6..9 already reaches the end
+        (0, 11, 4, 11, 1, [0, 3, 6, 7]),
+        (3, 5, 4, 10, 0, [3]),  # an extent shorter than a window
+        (8, 10, 4, 10, 0, [6]),
+        (0, 3, 3, 3, 2, [0]),  # one window holds the whole volume
+    ],
+)
+def test_depth_windows_cover_an_extent_inside_the_volume(first, stop, size, total, overlap, starts):
+    windows = covering_windows(first, stop, size, total, overlap)
+    assert [window.start for window in windows] == starts
+    assert all(len(window) == size and 0 <= window.start and window.stop <= total for window in windows)
+    assert set(range(first, stop)) <= {index for window in windows for index in window}
 
 
 def test_3d_samples_are_depth_chunks_that_hold_the_class(ct_split):

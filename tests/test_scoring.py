@@ -11,7 +11,7 @@ from PIL import Image
 
 from medsa_peft.data import PromptSpec, SamFrame
 from medsa_peft.metrics import dice, hd95
-from medsa_peft.scoring import _slice_windows, evaluate_model
+from medsa_peft.scoring import evaluate_model
 
 # mask grid = image frame and slices 32 x 64: the frame maps 1:1 onto the original pixels, no resampling
 FRAME = SamFrame(image_size=64, mask_size=64)
@@ -130,13 +130,3 @@ def test_box_oracle_on_a_volume_uses_depth_windows_and_predicts_nothing_outside_
     assert evaluation.summary["dice/organ"] == 1.0 and evaluation.summary["hd95/organ"] == 0.0
     assert set(oracle.depths) == {4}
 
-
-@pytest.mark.parametrize(
-    "first, stop, depth, total, starts",
-    [(3, 8, 4, 10, [3, 6]), (0, 10, 4, 10, [0, 4, 6]), (5, 6, 4, 6, [2]), (2, 9, 10, 10, [0])],
-)
-def test_depth_windows_cover_the_extent_inside_the_volume(first, stop, depth, total, starts):
-    windows = _slice_windows(first, stop, min(depth, total), total)
-    assert windows == starts
-    covered = {s for start in windows for s in range(start, start + min(depth, total))}
-    assert set(range(first, stop)) <= covered and max(covered) < total

@@ -4,6 +4,7 @@ from .evaluation import EvaluationCase, evaluation_cases
 from .examples import DecodedExample, decode_example, decode_label, is_volume_dataset
 from .preprocess import (
     SamFrame,
+    covering_windows,
     decoder_targets,
     frame_coordinates,
     frame_images,
@@ -34,6 +35,7 @@ __all__ = [
     "bounding_box",
     "click_prompt",
     "collate_sam",
+    "covering_windows",
     "correction_click",
     "decode_example",
     "decode_label",

@@ -78,6 +78,17 @@ def resized_shape(original_size: tuple[int, int], image_size: int) -> tuple[int,
     return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
+def covering_windows(first: int, stop: int, size: int, total: int, overlap: int = 0) -> list[range]:
+    """Windows of `size` consecutive slices, neighbours sharing `overlap`, that cover slices [first, stop) of a
+    volume of `total` >= `size` slices; a window that would run past the volume's end is moved back inside it.
+
+    >>> covering_windows(0, 11, size=4, total=11, overlap=1)
+    [range(0, 4), range(3, 7), range(6, 10), range(7, 11)]
+    """
+    starts = range(first, stop, size - overlap)
+    return [range(start, start + size) for start in sorted({min(max(start, 0), total - size) for start in starts})]
+
+
 def _resize_and_pad(stack: torch.Tensor, image_size: int, mode: str) -> torch.Tensor:
     """(C, H, W) -> (C, S, S): long-side resize with `mode`, then zeros at the bottom and right."""
     size = resized_shape(tuple(stack.shape[-2:]), image_size)
