@@ -14,7 +14,8 @@ the whole mask decoder trained. LoRA: r=4 on the image encoder's qkv, the mask d
 3D steps take `max(1, batch // depth)` volumes of `depth` slices. images/s: images of one step over the median
 time of the timed steps (each step synchronised), so a busy shared machine disturbs it less; slices count as images.
 host %: the median time the step takes to return (the host issuing its work) over the median step time; near 100
-the step is bound by the host (Python, kernel launches), not by the device.
+the step is bound by the host (Python, kernel launches), not by the device. (A step that waited for the device
+inside, e.g. reading the loss, would show 100 too; these steps never do.)
 
 Compiled variants (`medsa_peft.performance.compile_sam_layers`): "+compile" compiles every image-encoder layer and
 the prompt encoder and mask decoder whole; "+compile-blocks" the image-encoder layers and the decoder's two-way
@@ -136,20 +137,24 @@ def base_sam(config_name: str) -> SamModel:
     return randomize_weights(SamModel(sam_config(config_name)), std=0.02)
 
 
+def adapt(sam: SamModel, method: str, volumetric: bool = False) -> torch.nn.Module:
+    """`sam` with a method's adapters: Med-SA in the authors' configuration (the reference's weights too), LoRA
+    r=4 on the image encoder's qkv with the mask decoder trained, or `sam` itself (full fine-tuning, plain SAM)."""
+    sam.requires_grad_(method == "full")
+    if method in ("reference", "medsa", "medsa-fused"):
+        model = get_peft_model(sam, MedSAConfig.official(depth_adapter=volumetric))
+        return use_fused_attention(model) if method == "medsa-fused" else model
+    if method == "lora":
+        lora = LoraConfig(r=4, lora_alpha=8, target_modules=r".*vision_encoder\.layers\.\d+\.attn\.qkv",
+                          modules_to_save=["mask_decoder"])
+        return get_peft_model(sam, lora)
+    return sam
+
+
 def build_model(variant: Variant, preset: Preset, gradient_checkpointing: bool) -> tuple[torch.nn.Module, float]:
     """The model a variant runs, on the preset's device, and its trainable share of parameters in %."""
     sam = copy.deepcopy(base_sam(preset.config)).to(preset.device)
-    sam.requires_grad_(variant.method == "full")
-    if variant.method in ("reference", "medsa", "medsa-fused"):
-        model = get_peft_model(sam, MedSAConfig.official(depth_adapter=variant.volumetric))
-        if variant.method == "medsa-fused":
-            use_fused_attention(model)
-    elif variant.method == "lora":
-        lora = LoraConfig(r=4, lora_alpha=8, target_modules=r".*vision_encoder\.layers\.\d+\.attn\.qkv",
-                          modules_to_save=["mask_decoder"])
-        model = get_peft_model(sam, lora)
-    else:
-        model = sam
+    model = adapt(sam, variant.method, variant.volumetric)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     share = 100.0 * trainable / sum(p.numel() for p in model.parameters())
     if gradient_checkpointing and variant.task == "train" and variant.method != "reference":
@@ -280,17 +285,21 @@ def run_isolated(function, fork: bool) -> dict:
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child never returns into the caller's code, whatever happens
+        status = 1
         try:
             os.close(read_end)
             with os.fdopen(write_end, "w") as pipe:
                 json.dump(_as_row(function), pipe)
+            status = 0
         finally:
-            os._exit(0)
+            os._exit(status)
     os.close(write_end)
     with os.fdopen(read_end) as pipe:
         text = pipe.read()
-    os.waitpid(pid, 0)
-    return json.loads(text) if text else {"error": "child process died"}
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        return {"error": f"child process ended with wait status {status}"}
+    return json.loads(text)
 
 
 def _as_row(function) -> dict:
@@ -336,9 +345,13 @@ def report(rows: list[dict]) -> str:
     by_name = {row["variant"]: row for row in ok}
 
     def baseline(row: dict, method: str) -> dict | None:
-        same = Variant(row["task"], method, row["volumetric"] and method == "reference", row["compiled"]).name
-        eager = Variant(row["task"], method, row["volumetric"] and method == "reference").name
-        return by_name.get(same) or by_name.get(eager)
+        """The row of `method` compiled the same way, else compiled plainly, else eager."""
+        volumetric = row["volumetric"] and method == "reference"
+        for compiled in dict.fromkeys([row["compiled"], "compile" if row["compiled"] else "", ""]):
+            match = by_name.get(Variant(row["task"], method, volumetric, compiled).name)
+            if match:
+                return match
+        return None
 
     header = (f"{'variant':34} {'img/s':>8} {'x ref':>6} {'x LoRA':>6} {'x SAM':>6} "
               f"{'peak MiB':>9} {'mem x LoRA':>10} {'train %':>8} {'host %':>7}")

@@ -17,16 +17,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, get_peft_model
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.module_tracker import ModuleTracker
 from transformers import SamConfig, SamModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import medsa_peft  # noqa: F401  (registers MEDSA)
-from medsa_peft import MedSAConfig
-from medsa_peft.performance import use_fused_attention
+from benchmark import adapt
 
 # Parts of SamModel by module path, most specific first; a call belongs to the first part that one of the modules
 # running it (forward or backward) names.
@@ -64,13 +62,7 @@ class OperatorCounter(TorchDispatchMode):
 def build(method: str, batch: int) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
     with torch.device("meta"):
         sam = SamModel(SamConfig())
-    sam.requires_grad_(False)
-    if method == "medsa-fused":
-        model = use_fused_attention(get_peft_model(sam, MedSAConfig.official()))
-    else:
-        model = get_peft_model(sam, LoraConfig(r=4, target_modules=r".*vision_encoder\.layers\.\d+\.attn\.qkv",
-                                               modules_to_save=["mask_decoder"]))
-    model.train()
+    model = adapt(sam, method).train()
     size = sam.config.vision_config.image_size
     inputs = {
         "pixel_values": torch.empty(batch, 3, size, size, device="meta"),

@@ -118,7 +118,8 @@ def short_sequence_attention(query: torch.Tensor, key: torch.Tensor, value: torc
     Attention kernels fill tiles of 64 or 128 tokens, mostly padding when a sequence holds D = 8 slices; compiled,
     these products and sums fuse into a few memory-bound kernels instead (forward + backward 2.8 to 4x faster than
     scaled_dot_product_attention on a CPU, `benchmarks/attention.py`). Eager, they would materialise
-    (..., D, D, d) products: for torch.compile only. Scores and softmax in float32.
+    (..., D, D, d) products: for torch.compile only. Computed in float32 (compiled, that costs no memory: the
+    products are never stored), returned in value's dtype, under autocast too.
 
     Args:
         query, key, value: (N, heads, D, d).
@@ -126,8 +127,8 @@ def short_sequence_attention(query: torch.Tensor, key: torch.Tensor, value: torc
     Returns:
         (N, heads, D, d), in value's dtype.
     """
-    scores = (query.unsqueeze(-2) * key.unsqueeze(-3)).sum(-1, dtype=torch.float32) * query.shape[-1] ** -0.5
-    return (scores.softmax(-1).to(value.dtype).unsqueeze(-1) * value.unsqueeze(-3)).sum(-2)
+    scores = (query.unsqueeze(-2).float() * key.unsqueeze(-3)).sum(-1) * query.shape[-1] ** -0.5
+    return (scores.softmax(-1).unsqueeze(-1) * value.unsqueeze(-3)).sum(-2).to(value.dtype)
 
 
 def rel_pos_attention(attention: nn.Module, qkv_states: torch.Tensor) -> torch.Tensor:

@@ -24,10 +24,17 @@ def benchmark_script():
     del sys.modules["benchmark"]
 
 
+@pytest.fixture
+def op_counts():
+    yield load_script("op_counts")
+    del sys.modules["op_counts"]
+
+
 def test_cpu_run_writes_every_row_and_the_table(benchmark_script, tmp_path):
     output = tmp_path / "cpu.json"
-    benchmark_script.main(["--preset", "cpu", "--variants", "train:reference,train:medsa-fused,train:lora,infer:sam",
-                    "--steps", "1", "--warmup", "0", "--depth", "2", "--output", str(output)])
+    variants = "train:reference,train:medsa-fused,train:lora,infer:sam"
+    benchmark_script.main(["--preset", "cpu", "--variants", variants, "--steps", "1", "--warmup", "0", "--depth", "2",
+                           "--output", str(output)])
 
     payload = json.loads(output.read_text())
     assert payload["agreement"]["fused_vs_reference"] < 1e-4
@@ -51,22 +58,25 @@ def test_ratios_compare_with_the_reference_and_with_lora_compiled_the_same_way(b
     rows = [
         row(benchmark_script, "train:reference", 10.0, 400),
         row(benchmark_script, "train:lora", 20.0, 200),
+        row(benchmark_script, "train:lora+compile", 25.0, 200),
         row(benchmark_script, "train:lora+cudagraphs", 40.0, 250),
         row(benchmark_script, "train:medsa-fused+cudagraphs", 60.0, 100),
-        row(benchmark_script, "train:medsa-fused+compile", 30.0, 100),
+        row(benchmark_script, "train:medsa-fused+compile-blocks", 35.0, 100),
         {"variant": "train:full", "error": "out of memory"},
+        row(benchmark_script, "infer:sam", 50.0, 100),
+        row(benchmark_script, "infer:medsa-fused+compile", 100.0, 100),
     ]
     lines = {line.split()[0]: line.split()[1:] for line in benchmark_script.report(rows).splitlines()[2:]}
 
     # img/s, x ref, x LoRA, x SAM, peak MiB, mem x LoRA, train %, host %
     assert lines["train:medsa-fused+cudagraphs"] == ["60.00", "6.00", "1.50", "-", "100", "0.40", "1.00", "50"]
-    # no LoRA+compile row: the eager LoRA row is the baseline
-    assert lines["train:medsa-fused+compile"][:3] == ["30.00", "3.00", "1.50"]
+    # no LoRA+compile-blocks row: LoRA+compile is the baseline; no SamModel+compile row: eager SamModel
+    assert lines["train:medsa-fused+compile-blocks"][:3] == ["35.00", "3.50", "1.40"]
+    assert lines["infer:medsa-fused+compile"][:4] == ["100.00", "-", "-", "2.00"]
     assert lines["train:full"] == ["out", "of", "memory"]
 
 
-def test_op_counts_of_vit_b_on_the_meta_device():
-    op_counts = load_script("op_counts")
+def test_op_counts_of_vit_b_on_the_meta_device(op_counts):
     counts = op_counts.count("medsa-fused", batch=1)
 
     assert counts["image-encoder layers"] > counts["decoder two-way blocks"] > counts["rest of the mask decoder"]
@@ -75,4 +85,3 @@ def test_op_counts_of_vit_b_on_the_meta_device():
                   for name, parts in op_counts.COMPILED.items()}
     # the decoder compiled whole leaves the stem, the neck and the loss: under 1% of the step's calls
     assert left_eager["whole decoder"] < 0.01 * sum(counts.values()) < left_eager["blocks"]
-    del sys.modules["op_counts"]
