@@ -9,7 +9,9 @@
 #    products and sums, the library's compiled path);
 # 3. one volume of 32 slices at 1024 px with activation checkpointing (fused attention, then SAM's);
 # 4. flex_attention in the micro-benchmark, last, as it compiles for a while.
-# Wheels in .whl/ (transformers, peft) are installed first where the machine has other versions.
+# Wheels in .whl/ (transformers, peft) are installed first where the machine has other versions: fill it with
+#     pip download --no-deps -d .whl transformers==5.24.0 peft==0.21.2
+# (keep it out of commits: list it in .git/info/exclude, and name it in a device call's carry).
 set -u
 OUT=${OUT:-benchmarks/gpu_out}
 mkdir -p "$OUT"
