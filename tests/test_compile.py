@@ -34,6 +34,16 @@ def layers_of(model, kind):
     return [module for module in model.modules() if isinstance(module, kind)]
 
 
+def recording_backend(graphs: list):
+    """A torch.compile backend that keeps every captured graph in `graphs`, then runs it as aot_eager does."""
+
+    def backend(graph_module, example_inputs):
+        graphs.append(graph_module.graph)
+        return torch._dynamo.backends.debugging.aot_eager(graph_module, example_inputs)
+
+    return backend
+
+
 def output_and_grads(function, inputs, parameters):
     out = function(*inputs)
     out = out[0] if isinstance(out, tuple) else out
@@ -76,20 +86,15 @@ def test_short_sequence_attention_is_sdpa():
 
 @pytest.mark.parametrize("depth", [2, SHORT_SEQUENCE_MAX + 1])
 def test_compiled_depth_attention_runs_products_and_sums_for_short_volumes_only(depth):
-    calls_sdpa = []
-
-    def recording_backend(graph_module, example_inputs):
-        sdpa = torch._C._nn.scaled_dot_product_attention
-        calls_sdpa.append(any(node.target is sdpa for node in graph_module.graph.nodes))
-        return graph_module.forward
-
+    graphs = []
     proj = torch.nn.Linear(8, 8)
     qkv_states = torch.randn(depth, 3, 3, 24)  # one volume of `depth` slices, 3 x 3 tokens, 2 heads of 4
     expected = depth_attention(qkv_states, depth, proj, num_heads=2)
-    got = torch.compile(depth_attention, backend=recording_backend, fullgraph=True)(qkv_states, depth, proj, 2)
+    got = torch.compile(depth_attention, backend=recording_backend(graphs), fullgraph=True)(qkv_states, depth, proj, 2)
 
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-    assert calls_sdpa == [depth > SHORT_SEQUENCE_MAX]
+    sdpa = torch._C._nn.scaled_dot_product_attention
+    assert [any(node.target is sdpa for node in graph.nodes) for graph in graphs] == [depth > SHORT_SEQUENCE_MAX]
 
 
 def test_fused_attention_model_matches_plain_model(sam):
@@ -171,21 +176,17 @@ def test_compiled_layers_train_a_volume_with_checkpointing_without_recompiling(s
 def test_decoder_side_compiles_whole_or_block_by_block(sam, whole_decoder):
     """fullgraph: no graph break anywhere. Whole: the hypernetwork MLPs (outside the two-way blocks) are inside a
     graph; block by block: only the blocks' weights are."""
-    graph_inputs = []
-
-    def recording_backend(graph_module, example_inputs):
-        graph_inputs.append({node.name for node in graph_module.graph.nodes if node.op == "placeholder"})
-        return torch._dynamo.backends.debugging.aot_eager(graph_module, example_inputs)
-
+    graphs = []
     model = use_fused_attention(official_3d(sam))
     pixels, boxes = torch.randn(4, 3, 64, 64), torch.tensor([[[4.0, 6.0, 40.0, 50.0]]]).repeat(4, 1, 1)
     with torch.no_grad():
         expected = model(pixel_values=pixels, depth=2, input_boxes=boxes).pred_masks
-    compile_sam_layers(model, whole_decoder=whole_decoder, backend=recording_backend, fullgraph=True)
+    compile_sam_layers(model, whole_decoder=whole_decoder, backend=recording_backend(graphs), fullgraph=True)
     with torch.no_grad():
         got = model(pixel_values=pixels, depth=2, input_boxes=boxes).pred_masks
 
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    graph_inputs = [{node.name for node in graph.nodes if node.op == "placeholder"} for graph in graphs]
     reads_hypernetworks = ["output_hypernetworks_mlps" in name for names in graph_inputs for name in names]
     reads_two_way_blocks = ["medsa_hyper_adapter" in name for names in graph_inputs for name in names]
     assert any(reads_hypernetworks) == whole_decoder
