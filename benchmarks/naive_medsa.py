@@ -1,4 +1,4 @@
-"""A naive eager Med-SA, written out from DESIGN.md section 3: the benchmarks' stand-in for the authors' code.
+"""A naive eager Med-SA, written out from docs/design.md: the benchmarks' stand-in for the authors' code.
 
 Every attention matrix is materialised in float32, SAM's decomposed relative-position bias included, the way the
 authors' code (and SAM's original code) computes: scores (N, heads, HW, HW) = scale q k^T + rel_h + rel_w, softmax,

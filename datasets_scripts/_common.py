@@ -108,7 +108,7 @@ def data_root(config: datasets.BuilderConfig, dataset_name: str) -> Path:
     if config.data_dir is None:
         raise MissingDataError(
             f"{dataset_name} is not downloadable: download it by hand and pass data_dir=<folder> "
-            "(expected layouts: docs/datasets.md)"
+            "(expected layouts: docs/data.md)"
         )
     root = Path(config.data_dir).expanduser().resolve()  # examples store file paths: they must not be relative
     if not root.is_dir():

@@ -1,7 +1,7 @@
 """The embedded default data set: the MNI ICBM152 2009 T1 template with grey- and white-matter labels.
 
 The nilearn wheel carries the template and its tissue probability maps (nilearn/datasets/data/), so this
-builder works offline and needs no `data_dir`. See docs/embedded_default.md for the label rule and slabs.
+builder works offline and needs no `data_dir`. See docs/data.md (the embedded default) for the label rule and slabs.
 
 Label of a voxel: the most probable of background, grey matter (1) and white matter (2), where
 p_background = max(0, 1 - p_grey - p_white); ties go to the lower label. The volume is cut along its third

@@ -1,4 +1,4 @@
-"""The math of Med-SA's adapters (DESIGN.md section 3), as plain modules with no PEFT plumbing.
+"""The math of Med-SA's adapters (docs/design.md), as plain modules with no PEFT plumbing.
 
 - `BottleneckAdapter`: Linear(C, r) -> act -> Linear(r, C), the Space, MLP, depth and decoder adapters.
 - `HyperPromptAdapter` (HyP-Adpt): a k x k weight generated from the prompt embedding conditions the keys.

@@ -133,8 +133,9 @@ def _run_convert(args: argparse.Namespace) -> None:
     )
     vision = result.sam_config.vision_config
     print(
-        f"SAM ViT (hidden {vision.hidden_size}, {vision.num_hidden_layers} layers, image {vision.image_size}): "
-        f"{result.sam_dir}\nMed-SA adapter (depth adapter: {result.config.depth_adapter}): {result.adapter_dir}"
+        f"SAM ViT (hidden {vision.hidden_size}, {vision.num_hidden_layers} layers, trained at {vision.image_size} px): "
+        f"{result.sam_dir}\nMed-SA adapter (depth adapter: {result.config.depth_adapter}, decoder block: "
+        f"{result.config.decoder_block}): {result.adapter_dir}"
     )
     if result.ignored_keys:
         print(f"left out {len(result.ignored_keys)} Depth_Adapter tensors (pass --depth to keep them)")

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
 from peft.config import PeftConfig
 
-MEDSA_PEFT_TYPE = "MEDSA"
+
+class MedSAPeftType(str, enum.Enum):
+    """Med-SA's PEFT type, shaped like a member of PEFT's closed `PeftType` enum.
+
+    PEFT reads `.value` and `str(peft_type)` ("MedSAPeftType.MEDSA", e.g. `get_model_status`, `PeftMixedModel`) and
+    compares with or looks up by the plain string "MEDSA" (adapter_config.json, its mapping tables): a `str` enum
+    member whose name equals its value hashes and compares as that string, so it serves both.
+    """
+
+    MEDSA = "MEDSA"
+
+
+MEDSA_PEFT_TYPE = MedSAPeftType.MEDSA
 
 # Every image-encoder layer and every two-way block of SAM's mask decoder (transformers' SamModel names).
 VISION_LAYERS_PATTERN = r".*vision_encoder\.layers\.\d+"
@@ -16,7 +29,7 @@ DECODER_LAYERS_PATTERN = r".*mask_decoder\.transformer\.layers\.\d+"
 
 @dataclass
 class MedSAConfig(PeftConfig):
-    """Configuration of Med-SA adapters on a transformers `SamModel` (DESIGN.md section 3).
+    """Configuration of Med-SA adapters on a transformers `SamModel` (docs/design.md).
 
     Image encoder, in every ViT layer: a Space adapter after the attention, an MLP adapter parallel to the
     MLP (scaled by `mlp_adapter_scale`) and, with `depth_adapter=True`, the SD-Trans depth branch that
@@ -35,6 +48,14 @@ class MedSAConfig(PeftConfig):
             or "official" (torch's default initialisation everywhere, as the authors' code).
         target_modules: regex of the layers to wrap; by default derived from the switches above.
         modules_to_save: modules of SAM trained in full and saved with the adapter (e.g. ["mask_decoder"]).
+        pad_windows_before_norm, decoder_block: where the authors' code computes differently from SAM, set by the
+            converter so that their checkpoints run exactly; they describe the SAM the adapter was trained on and
+            act on the model while the adapter is attached, also under `disable_adapter()`. Off for new adapters.
+            `pad_windows_before_norm`: windowed layers pad the token grid before `layer_norm1`, so padding tokens
+            enter attention as that norm's bias (SAM pads after it, with zeros); it matters only when the token
+            grid is not a multiple of the window (1024 px: 64 tokens, windows of 14). `decoder_block="medsa-2024"`:
+            the self-attention of every two-way block keeps its residual, and blocks after the first add the prompt
+            positional embedding to the running queries first (the authors' code since January 2024).
     """
 
     bottleneck_ratio: float = field(default=0.25, metadata={"help": "Adapter width as a fraction of C."})
@@ -50,6 +71,14 @@ class MedSAConfig(PeftConfig):
     hyper_dim: int = field(default=32, metadata={"help": "k of HyP-Adpt's generated k x k weight."})
     activation: Literal["gelu", "relu"] = field(default="gelu", metadata={"help": "Adapter activation."})
     init: Literal["zero", "official"] = field(default="zero", metadata={"help": "Adapter initialisation."})
+    pad_windows_before_norm: bool = field(
+        default=False,
+        metadata={"help": "Pad attention windows before layer_norm1, as the authors' code (converted checkpoints)."},
+    )
+    decoder_block: Literal["sam", "medsa-2024"] = field(
+        default="sam",
+        metadata={"help": "Two-way block variant: SAM's, or the authors' code since 2024 (converted checkpoints)."},
+    )
     target_modules: Optional[Union[list[str], str]] = field(
         default=None, metadata={"help": "Regex of the SAM layers to wrap; derived from the switches if None."}
     )
@@ -73,6 +102,10 @@ class MedSAConfig(PeftConfig):
             raise ValueError(f"activation must be 'gelu' or 'relu', got {self.activation!r}.")
         if self.init not in ("zero", "official"):
             raise ValueError(f"init must be 'zero' or 'official', got {self.init!r}.")
+        if self.decoder_block not in ("sam", "medsa-2024"):
+            raise ValueError(f"decoder_block must be 'sam' or 'medsa-2024', got {self.decoder_block!r}.")
+        if self.pad_windows_before_norm and not self.encoder_adapters:
+            raise ValueError("pad_windows_before_norm acts in the image-encoder layers: enable an encoder adapter.")
         if self.target_parameters:
             raise ValueError("Med-SA wraps whole SAM layers; target_parameters is not supported.")
         if not (self.encoder_adapters or self.decoder_adapters):

@@ -10,12 +10,18 @@ whole mask decoder. `convert_official_checkpoint` writes
                   through modules_to_save=["mask_decoder"], their trained decoder
 
 so `PeftModel.from_pretrained(SamModel.from_pretrained(OUT/sam), OUT/adapter)` runs their model. The key
-mapping is `SAM_KEY_MAPPING` (documented in docs/inference.md). The ViT size comes from the tensor shapes.
+mapping is `SAM_KEY_MAPPING`; the ViT size and the image size the checkpoint was trained at come from the
+tensor shapes.
+
+Two generations of their code are told apart by the names of the two-way blocks' MLPs: `mlp.lin1` / `mlp.lin2`
+(2023, SAM's decoder block) and `mlp.layers.0.0` / `mlp.fc` (since January 2024, a block whose self-attention
+keeps its residual; `MedSAConfig.decoder_block="medsa-2024"`). Both pad attention windows before the first
+layer norm (`MedSAConfig.pad_windows_before_norm`) and use layer-norm eps 1e-5 in the two-way blocks (written
+into the converted SamConfig). With these the 2D forward is theirs to float rounding.
 
 Their SD-Trans depth branch attends over depth inside the attention windows and re-applies the first layer
-norm; this package's depth branch follows DESIGN.md section 3 instead. A converted depth adapter therefore
-carries their trained weights into that design: its 2D path (space + MLP adapters) is exact, its 3D outputs
-are not the authors' numbers.
+norm; this package's depth branch follows docs/design.md instead. A converted depth adapter therefore
+carries their trained weights into that design: its 3D outputs are not the authors' numbers.
 """
 
 from __future__ import annotations
@@ -59,9 +65,12 @@ SAM_KEY_MAPPING: tuple[tuple[str, str], ...] = (
     (r"^prompt_encoder\.mask_downscaling\.6\.", "prompt_encoder.mask_embed.conv3."),
     (r"^mask_decoder\.(iou_token|mask_tokens)\.", r"mask_decoder.\1."),
     (r"^mask_decoder\.transformer\.layers\.(\d+)\.norm([1-4])\.", r"mask_decoder.transformer.layers.\1.layer_norm\2."),
+    # since January 2024 their two-way blocks' MLP is MLPBlock(layers.0 = [Linear, act], fc): SAM's lin1, lin2
+    (r"^mask_decoder\.transformer\.layers\.(\d+)\.mlp\.layers\.0\.0\.", r"mask_decoder.transformer.layers.\1.mlp.lin1."),
+    (r"^mask_decoder\.transformer\.layers\.(\d+)\.mlp\.fc\.", r"mask_decoder.transformer.layers.\1.mlp.lin2."),
     (
         r"^mask_decoder\.transformer\.layers\.(\d+)\."
-        r"(self_attn|cross_attn_token_to_image|cross_attn_image_to_token|mlp)\.",
+        r"(self_attn|cross_attn_token_to_image|cross_attn_image_to_token|mlp\.lin1|mlp\.lin2)\.",
         r"mask_decoder.transformer.layers.\1.\2.",
     ),
     (r"^mask_decoder\.transformer\.final_attn_token_to_image\.", "mask_decoder.transformer.final_attn_token_to_image."),
@@ -84,9 +93,10 @@ OFFICIAL_ADAPTER_NAMES = {
 }
 # Buffers some forks save with the model; SamModel takes SAM's pixel statistics from its processor instead.
 _IGNORED_KEYS = ("pixel_mean", "pixel_std")
-# Their AdapterBlock sizes the relative-position tables of global-attention blocks for a 64 x 64 token grid
-# whatever the image size, and resizes them linearly at run time (segment_anything's get_rel_pos).
-_AUTHORS_GLOBAL_GRID = 64
+# The 2024 generation of their code names the two-way blocks' second MLP layer `mlp.fc`.
+_MEDSA_2024_DECODER_KEY = re.compile(r"^mask_decoder\.transformer\.layers\.\d+\.mlp\.fc\.weight$")
+# segment_anything's two-way blocks use nn.LayerNorm's default eps; transformers' SamMaskDecoderConfig says 1e-6.
+AUTHORS_DECODER_LAYER_NORM_EPS = 1e-5
 # Not recoverable from tensor shapes; every published SAM uses 8 heads in the mask decoder.
 SAM_DECODER_ATTENTION_HEADS = 8
 
@@ -159,33 +169,56 @@ def _rel_pos_table(state: Mapping[str, torch.Tensor], block: int, axis: str) -> 
     raise CheckpointError(f"block {block} has no relative-position table (attn.rel_pos_{axis} or attn.rel_{axis})")
 
 
-def _attention_layout(lengths: list[int], grid: int) -> tuple[int, list[int]]:
-    """(window_size, global_attn_indexes) from the lengths 2 * size - 1 of every block's relative-position table."""
-    distinct = sorted(set(lengths))
-    if any(length % 2 == 0 for length in distinct) or len(distinct) > 2:
-        raise CheckpointError(f"unexpected relative-position table lengths {distinct}: expected 2 * size - 1")
-    if len(distinct) == 2:
-        window, global_length = (distinct[0] + 1) // 2, distinct[1]
-        return window, [index for index, length in enumerate(lengths) if length == global_length]
-    if distinct[0] in (2 * grid - 1, 2 * _AUTHORS_GLOBAL_GRID - 1):
-        return 0, list(range(len(lengths)))
-    return (distinct[0] + 1) // 2, []
+def _attention_layout(lengths: list[int]) -> tuple[int, list[int], int]:
+    """(window_size, global_attn_indexes, token grid) from the lengths 2 * size - 1 of every block's tables.
+
+    Their blocks size the tables when they are built: windowed blocks for the window, global blocks for the token
+    grid of the image size they trained at. Block 0 attends in windows in every SAM, so the blocks whose tables
+    differ from block 0's are the global ones. When all lengths agree, one window spans the whole grid, which is
+    global attention.
+    """
+    if any(length % 2 == 0 for length in lengths):
+        raise CheckpointError(f"unexpected relative-position table lengths {sorted(set(lengths))}: expected 2 * size - 1")
+    window = (lengths[0] + 1) // 2
+    global_indexes = [index for index, length in enumerate(lengths) if length != lengths[0]]
+    global_lengths = {lengths[index] for index in global_indexes}
+    if len(global_lengths) > 1:
+        raise CheckpointError(
+            f"the global-attention blocks {global_indexes} have relative-position tables of different lengths "
+            f"{sorted(global_lengths)}: expected one token grid"
+        )
+    grid = (global_lengths.pop() + 1) // 2 if global_lengths else window
+    return window, global_indexes, grid
+
+
+def _first_present(state: Mapping[str, torch.Tensor], *names: str) -> torch.Tensor:
+    for name in names:
+        if name in state:
+            return state[name]
+    raise KeyError(names[0])
+
+
+def is_medsa_2024_checkpoint(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether the checkpoint comes from the authors' code since January 2024 (two-way block MLPs named
+    `mlp.layers.0.0` / `mlp.fc`, self-attention with a residual) rather than the 2023 code (SAM's block)."""
+    return any(_MEDSA_2024_DECODER_KEY.match(key) for key in state)
 
 
 def infer_sam_config(
     state: Mapping[str, torch.Tensor], decoder_attention_heads: int = SAM_DECODER_ATTENTION_HEADS
 ) -> SamConfig:
     """The SamConfig of an authors' checkpoint, read off its tensor shapes: hidden size, depth, heads, MLP width,
-    window size and global-attention blocks of the ViT; image size from `pos_embed`; prompt encoder and decoder
-    sizes. The decoder's head count cannot be read off shapes (`decoder_attention_heads`, SAM's 8)."""
+    window size and global-attention blocks of the ViT; the image size it was trained at from the global blocks'
+    relative-position tables (their `pos_embed` is always stored for 1024 px); prompt encoder and decoder sizes.
+    The decoder's head count cannot be read off shapes (`decoder_attention_heads`, SAM's 8); its block layer norms
+    get segment_anything's eps 1e-5."""
     try:
-        pos_embed = state["image_encoder.pos_embed"]
-        _, grid, _, hidden_size = pos_embed.shape
+        hidden_size = state["image_encoder.pos_embed"].shape[-1]
         patch_size = state["image_encoder.patch_embed.proj.weight"].shape[-1]
         blocks = _block_indices(state, r"^image_encoder\.blocks\.(\d+)\.")
         tables = [_rel_pos_table(state, block, "h") for block in blocks]
         head_dim = tables[0].shape[1]
-        window_size, global_indexes = _attention_layout([table.shape[0] for table in tables], grid)
+        window_size, global_indexes, grid = _attention_layout([table.shape[0] for table in tables])
         output_channels = state["image_encoder.neck.0.weight"].shape[0]
         gaussian = state["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"]
         decoder_layers = _block_indices(state, r"^mask_decoder\.transformer\.layers\.(\d+)\.")
@@ -211,15 +244,21 @@ def infer_sam_config(
         cross_attention_width = state[
             "mask_decoder.transformer.layers.0.cross_attn_token_to_image.q_proj.weight"
         ].shape[0]
+        decoder_mlp = _first_present(
+            state,
+            "mask_decoder.transformer.layers.0.mlp.lin1.weight",
+            "mask_decoder.transformer.layers.0.mlp.layers.0.0.weight",
+        )
         decoder = SamMaskDecoderConfig(
             hidden_size=output_channels,
             num_hidden_layers=len(decoder_layers),
             num_attention_heads=decoder_attention_heads,
-            mlp_dim=state["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0],
+            mlp_dim=decoder_mlp.shape[0],
             attention_downsample_rate=output_channels // cross_attention_width,
             num_multimask_outputs=state["mask_decoder.mask_tokens.weight"].shape[0] - 1,
             iou_head_depth=len(iou_layers),
             iou_head_hidden_dim=state["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0],
+            layer_norm_eps=AUTHORS_DECODER_LAYER_NORM_EPS,
         )
     except KeyError as error:
         raise CheckpointError(f"the checkpoint lacks {error.args[0]!r}, which every SAM checkpoint holds") from error
@@ -253,12 +292,15 @@ def official_to_sam_key(key: str, mlp_depths: Mapping[str, int]) -> str | None:
     return None
 
 
-def _resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
-    """Linear resize of a (L, head_dim) relative-position table to (length, head_dim), as SAM's get_rel_pos does."""
-    if table.shape[0] == length:
-        return table
-    resized = F.interpolate(table.T[None].float(), size=length, mode="linear")
-    return resized[0].T.contiguous().to(table.dtype)
+def _pos_embed_for_grid(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
+    """Their (1, G, G, C) `pos_embed`, stored for 1024 px, as their encoder resizes it at run time for a grid x grid
+    token map (bicubic, align_corners=False); unchanged when G == grid."""
+    if pos_embed.shape[1:3] == (grid, grid):
+        return pos_embed
+    resized = F.interpolate(
+        pos_embed.permute(0, 3, 1, 2).float(), size=(grid, grid), mode="bicubic", align_corners=False
+    )
+    return resized.permute(0, 2, 3, 1).contiguous().to(pos_embed.dtype)
 
 
 def _sam_state_dict(state: Mapping[str, torch.Tensor], config: SamConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -277,9 +319,8 @@ def _sam_state_dict(state: Mapping[str, torch.Tensor], config: SamConfig) -> tup
         if name is None:
             unknown.append(key)
             continue
-        if match := re.match(r"^vision_encoder\.layers\.(\d+)\.attn\.rel_pos_[hw]$", name):
-            size = grid if int(match.group(1)) in vision.global_attn_indexes else vision.window_size
-            tensor = _resize_rel_pos(tensor, 2 * size - 1)
+        if name == "vision_encoder.pos_embed":
+            tensor = _pos_embed_for_grid(tensor, grid)
         sam_state[name] = tensor
     tied = "prompt_encoder.shared_embedding.positional_embedding"
     if "shared_image_embedding.positional_embedding" in sam_state:
@@ -353,7 +394,8 @@ def convert_official_checkpoint(
 ) -> ConversionResult:
     """Convert an authors' Med-SA checkpoint into `out_dir/sam` (SamModel) and `out_dir/adapter` (MEDSA).
 
-    depth_adapter: also convert the Depth_Adapter weights (3D, SD-Trans). Without it, Depth_Adapter keys are
+    The image size comes from the checkpoint (`result.sam_config.vision_config.image_size`): feed images of that
+    size, as their code was trained on. depth_adapter: also convert the Depth_Adapter weights (3D, SD-Trans). Without it, Depth_Adapter keys are
     left out (their 2D training never runs that branch) and listed in the result's `ignored_keys`.
     Nothing is written unless the whole conversion succeeds; existing `sam` / `adapter` folders are not replaced.
     """
@@ -372,7 +414,10 @@ def convert_official_checkpoint(
     if not adapter_state:
         raise CheckpointError(f"{checkpoint}: no Med-SA adapter weights (image_encoder.blocks.N.Space_Adapter...)")
     config = MedSAConfig.official(
-        depth_adapter=depth_adapter, bottleneck_ratio=_bottleneck_ratio(state, vision.hidden_size)
+        depth_adapter=depth_adapter,
+        bottleneck_ratio=_bottleneck_ratio(state, vision.hidden_size),
+        pad_windows_before_norm=True,
+        decoder_block="medsa-2024" if is_medsa_2024_checkpoint(state) else "sam",
     )
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -414,3 +459,24 @@ def _load_adapter_tensors(
                 f"{name}: shape {tuple(tensor.shape)} in the checkpoint, {tuple(parameters[name].shape)} expected"
             )
         parameters[name].copy_(tensor)
+
+
+def authors_multimask_logits(model: torch.nn.Module, num_masks: int, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks 0 .. num_masks - 1 of the decoder and their IoU predictions, as the authors' decoder returns them for
+    `multimask_output = num_masks` (their REFUGE runs use 2).
+
+    transformers' SAM returns mask 0 (`multimask_output=False`) or masks 1.. (`True`); this runs the image encoder
+    once and the decoder both ways. `inputs` are SamModel's prompt arguments (`input_boxes`, `input_points`, ...)
+    plus `pixel_values` (B, 3, H, W).
+
+    Returns:
+        pred_masks (B, P, num_masks, h, w) low-resolution logits, iou_scores (B, P, num_masks).
+    """
+    available = model.config.mask_decoder_config.num_multimask_outputs + 1
+    if not 1 <= num_masks <= available:
+        raise ValueError(f"num_masks must be in 1..{available} (the decoder's mask tokens), got {num_masks}")
+    image_embeddings = model.get_image_embeddings(inputs.pop("pixel_values"))
+    single = model(image_embeddings=image_embeddings, multimask_output=False, **inputs)
+    rest = model(image_embeddings=image_embeddings, multimask_output=True, **inputs)
+    pred_masks = torch.cat([single.pred_masks, rest.pred_masks], dim=2)[:, :, :num_masks]
+    return pred_masks, torch.cat([single.iou_scores, rest.iou_scores], dim=2)[:, :, :num_masks]

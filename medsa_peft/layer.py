@@ -2,10 +2,13 @@
 
 transformers' `SamVisionLayer.forward` and `SamTwoWayAttentionBlock.forward` are monolithic, so each wrapper
 re-runs its block through the base block's own submodules (layer norms, attention, MLP) and adds the
-adapters where DESIGN.md section 3 puts them. The adapter math lives in `adapters.py`.
+adapters where docs/design.md puts them. The adapter math lives in `adapters.py`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -29,14 +32,45 @@ NOT_MERGEABLE = (
 )
 
 
+def _pass_volume_depth(layer: MedSAVisionLayer, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook: hand the slices per volume of the current SamModel call to the layer as its `depth`
+    argument, so activation checkpointing, which re-runs `forward` with the arguments it saved, sees it too."""
+    if layer.volume_depth is not None and "depth" not in kwargs:
+        kwargs = {**kwargs, "depth": layer.volume_depth}
+    return args, kwargs
+
+
+def _run_base_layer_hooks(layer: MedSALayer, args: tuple, kwargs: dict, output: Any) -> Any:
+    """Forward hook: run the forward hooks registered on the wrapped SAM block, whose own forward never runs.
+
+    transformers records `output_hidden_states` and `mask_decoder_attentions` through hooks on SamVisionLayer and
+    SamTwoWayAttentionBlock modules (`_can_record_outputs`), installed on the blocks before or after wrapping.
+    """
+    base = layer.base_layer
+    for hook_id, hook in list(base._forward_hooks.items()):
+        if hook_id in base._forward_hooks_with_kwargs:
+            result = hook(base, args, kwargs, output)
+        else:
+            result = hook(base, args, output)
+        if result is not None:
+            output = result
+    return output
+
+
 class MedSALayer(BaseTunerLayer):
     """What both Med-SA layers share: per-adapter containers and the choice of the one active adapter."""
 
-    def _init_adapter_containers(self, base_layer: nn.Module) -> None:
+    other_param_names = ("mlp_adapter_scale",)
+
+    def _init_medsa_layer(self, base_layer: nn.Module, features: int) -> None:
+        """Hold the SAM block, its width and the per-adapter containers; relay the block's forward hooks."""
         self.base_layer = base_layer
+        # PEFT's helpers read a tuner layer's width from these; a SAM block maps C features to C features.
+        self.in_features = self.out_features = features
         for name in self.adapter_layer_names:
             setattr(self, name, nn.ModuleDict())
         self.mlp_adapter_scale: dict[str, float] = {}
+        self.register_forward_hook(_run_base_layer_hooks, with_kwargs=True)
 
     def _new_adapter(self, features: int, config: MedSAConfig) -> BottleneckAdapter:
         return BottleneckAdapter(
@@ -46,15 +80,31 @@ class MedSALayer(BaseTunerLayer):
             zero_init=config.init == "zero",
         )
 
+    def _get_base_layer_device_and_dtype(self, base_layer: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
+        """Those of the SAM block's first floating parameter: PEFT's version reads a `.weight`, which whole blocks
+        don't have. PEFT's `_move_adapter_to_device_of_base_layer` then moves new adapters there, leaving adapters
+        created on the meta device (`low_cpu_mem_usage=True`) for the state dict to fill."""
+        for param in base_layer.parameters():
+            if param.is_floating_point():
+                return param.device, param.dtype
+        return None, None
+
     def _finish_update(self, adapter_name: str, config: MedSAConfig) -> None:
         self.mlp_adapter_scale[adapter_name] = config.mlp_adapter_scale
-        # PEFT's own helper looks for a `.weight` on the base layer, which whole SAM blocks don't have.
-        reference = next(self.base_layer.parameters())
-        for container_name in self.adapter_layer_names:
-            container = getattr(self, container_name)
-            if adapter_name in container:
-                container[adapter_name].to(device=reference.device, dtype=reference.dtype)
+        self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters)
+
+    def _adapt(self, adapter: nn.Module, hidden_states: torch.Tensor, *context: torch.Tensor) -> torch.Tensor:
+        """`adapter(hidden_states, *context)` in the adapter's dtype, returned in the dtype of `hidden_states`.
+
+        PEFT keeps adapters in float32 on a bf16 or fp16 SAM (`autocast_adapter_dtype=True`). Under torch.autocast
+        the adapter's ops already run in the autocast dtype, so nothing is cast (a cast would only copy activations).
+        """
+        if torch.is_autocast_enabled(hidden_states.device.type):
+            return adapter(hidden_states, *context)
+        dtype = next(adapter.parameters()).dtype
+        inputs = (self._cast_input_dtype(tensor, dtype) for tensor in (hidden_states, *context))
+        return adapter(*inputs).to(hidden_states.dtype)
 
     def _current_adapter(self) -> str | None:
         """The adapter that runs now, or None when adapters are disabled or none is on this layer."""
@@ -85,46 +135,64 @@ class MedSAVisionLayer(GradientCheckpointingLayer, MedSALayer):
 
     def __init__(self, base_layer: SamVisionLayer, adapter_name: str, config: MedSAConfig):
         super().__init__()
-        self._init_adapter_containers(base_layer)
+        self._init_medsa_layer(base_layer, base_layer.layer_norm1.normalized_shape[0])
+        # Slices per volume of the SamModel call in progress, set by MedSAModel's hooks; None: 2D.
+        self.volume_depth: int | None = None
+        self.register_forward_pre_hook(_pass_volume_depth, with_kwargs=True)
         # False: SAM's own attention module runs. `performance.use_fused_attention` switches to `rel_pos_attention`,
         # the same function with no (HW x HW) bias, whose qkv projection the depth branch then reuses.
         self.fused_attention = False
+        # The authors' code pads windows before layer_norm1 (MedSAConfig.pad_windows_before_norm); model-wide.
+        self.pad_windows_before_norm = False
         self.update_layer(adapter_name, config)
 
     def update_layer(self, adapter_name: str, config: MedSAConfig) -> None:
-        features = self.base_layer.layer_norm1.normalized_shape[0]
+        features = self.in_features
         switches = zip(self.adapter_layer_names, (config.space_adapter, config.mlp_adapter, config.depth_adapter))
         for container_name, enabled in switches:
             if enabled:
                 getattr(self, container_name)[adapter_name] = self._new_adapter(features, config)
+        self.pad_windows_before_norm = config.pad_windows_before_norm
         self._finish_update(adapter_name, config)
 
     def has_depth_adapter(self, adapter_name: str) -> bool:
         return adapter_name in self.medsa_depth_adapter
 
-    def _sam_attention(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """SAM's frozen windowed or global attention module, relative positions included."""
+    def _normed_windows(self, hidden_states: torch.Tensor, normed: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """The layer-normed tokens cut into windows, and the padded grid size.
+
+        SAM pads the normed grid with zeros. With `pad_windows_before_norm` the raw grid is padded and normed
+        after, so padding tokens enter attention as layer_norm1's bias, as in the authors' code.
+        """
+        base = self.base_layer
+        if self.pad_windows_before_norm:
+            windows, padding_shape = base.window_partition(hidden_states, base.window_size)
+            return base.layer_norm1(windows), padding_shape
+        return base.window_partition(normed, base.window_size)
+
+    def _sam_attention(self, hidden_states: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
+        """SAM's frozen windowed or global attention module on the normed tokens, relative positions included."""
         base = self.base_layer
         if base.window_size > 0:
-            height, width = hidden_states.shape[1:3]
-            windows, padding_shape = base.window_partition(hidden_states, base.window_size)
+            height, width = normed.shape[1:3]
+            windows, padding_shape = self._normed_windows(hidden_states, normed)
             attended = base.attn(windows)[0]
             return base.window_unpartition(attended, base.window_size, padding_shape, (height, width))
-        return base.attn(hidden_states)[0]
+        return base.attn(normed)[0]
 
     def _fused_attention(
-        self, hidden_states: torch.Tensor, keep_qkv: bool
+        self, hidden_states: torch.Tensor, normed: torch.Tensor, keep_qkv: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The same attention through `rel_pos_attention`, and with `keep_qkv` the qkv projection of the
         un-windowed tokens, (N, H, W, 3 C), for the depth branch."""
         base = self.base_layer
         window = base.window_size
         if window == 0:
-            qkv_states = base.attn.qkv(hidden_states)
+            qkv_states = base.attn.qkv(normed)
             return rel_pos_attention(base.attn, qkv_states), qkv_states
-        height, width = hidden_states.shape[1:3]
-        windows, padding_shape = base.window_partition(hidden_states, window)
-        qkv_windows = base.attn.qkv(windows)  # padding tokens get qkv's bias, as in SAM
+        height, width = normed.shape[1:3]
+        windows, padding_shape = self._normed_windows(hidden_states, normed)
+        qkv_windows = base.attn.qkv(windows)
         attended = rel_pos_attention(base.attn, qkv_windows)
         attended = base.window_unpartition(attended, window, padding_shape, (height, width))
         if not keep_qkv:
@@ -137,21 +205,21 @@ class MedSAVisionLayer(GradientCheckpointingLayer, MedSALayer):
         with_depth = adapter in self.medsa_depth_adapter
         normed = base.layer_norm1(hidden_states)
         if self.fused_attention:
-            attended, qkv_states = self._fused_attention(normed, keep_qkv=with_depth)
+            attended, qkv_states = self._fused_attention(hidden_states, normed, keep_qkv=with_depth)
         else:
-            attended, qkv_states = self._sam_attention(normed), None
+            attended, qkv_states = self._sam_attention(hidden_states, normed), None
         if adapter in self.medsa_space_adapter:
-            attended = attended + self.medsa_space_adapter[adapter](attended)
+            attended = attended + self._adapt(self.medsa_space_adapter[adapter], attended)
         if with_depth:
             if qkv_states is None:
                 qkv_states = base.attn.qkv(normed)
             across_slices = depth_attention(qkv_states, depth, base.attn.proj, base.attn.num_attention_heads)
-            attended = attended + self.medsa_depth_adapter[adapter](across_slices)
+            attended = attended + self._adapt(self.medsa_depth_adapter[adapter], across_slices)
         hidden_states = hidden_states + attended
         normed = base.layer_norm2(hidden_states)
         update = base.mlp(normed)
         if adapter in self.medsa_mlp_adapter:
-            update = update + self.mlp_adapter_scale[adapter] * self.medsa_mlp_adapter[adapter](normed)
+            update = update + self.mlp_adapter_scale[adapter] * self._adapt(self.medsa_mlp_adapter[adapter], normed)
         return hidden_states + update
 
 
@@ -167,13 +235,13 @@ class MedSATwoWayLayer(nn.Module, MedSALayer):
         self, base_layer: SamTwoWayAttentionBlock, adapter_name: str, config: MedSAConfig, num_output_tokens: int
     ):
         super().__init__()
-        self._init_adapter_containers(base_layer)
+        self._init_medsa_layer(base_layer, base_layer.hidden_size)
         # The decoder puts its IoU and mask tokens before the sparse prompt tokens (SamMaskDecoder.forward).
         self.num_output_tokens = num_output_tokens
         self.update_layer(adapter_name, config)
 
     def update_layer(self, adapter_name: str, config: MedSAConfig) -> None:
-        features = self.base_layer.hidden_size
+        features = self.in_features
         if config.hyper_adapter:
             self.medsa_hyper_adapter[adapter_name] = HyperPromptAdapter(
                 features, config.hyper_dim, zero_init=config.init == "zero"
@@ -193,36 +261,115 @@ class MedSATwoWayLayer(nn.Module, MedSALayer):
         attention_similarity: torch.Tensor | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        base = self.base_layer
         adapter = self._current_adapter()
         prompt_tokens = query_point_embedding[:, :, self.num_output_tokens :, :]
         if adapter in self.medsa_hyper_adapter and prompt_tokens.shape[2] > 0:
-            keys = keys + self.medsa_hyper_adapter[adapter](keys, prompt_tokens)
-
-        if base.skip_first_layer_pe:
-            queries = base.self_attn(query=queries, key=queries, value=queries)[0]
-        else:
-            query = queries + query_point_embedding
-            queries = queries + base.self_attn(query=query, key=query, value=queries)[0]
-        queries = base.layer_norm1(queries)
-
-        query = queries + query_point_embedding
-        key = keys + key_point_embedding
-        attended = base.cross_attn_token_to_image(
-            query=query, key=key, value=keys, attention_similarity=attention_similarity
-        )[0]
-        queries = base.layer_norm2(queries + attended)
-
-        update = base.mlp(queries)
+            keys = keys + self._adapt(self.medsa_hyper_adapter[adapter], keys, prompt_tokens)
+        query_update = key_update = None
         if adapter in self.medsa_query_adapter:
-            update = update + self.mlp_adapter_scale[adapter] * self.medsa_query_adapter[adapter](queries)
-        queries = base.layer_norm3(queries + update)
-
-        query = queries + query_point_embedding
-        key = keys + key_point_embedding
-        attended = base.cross_attn_image_to_token(query=key, key=query, value=queries)[0]
-        keys = keys + attended
+            scale = self.mlp_adapter_scale[adapter]
+            query_update = lambda normed: scale * self._adapt(self.medsa_query_adapter[adapter], normed)  # noqa: E731
         if adapter in self.medsa_key_adapter:
-            keys = keys + self.medsa_key_adapter[adapter](keys)
-        keys = base.layer_norm4(keys)
-        return queries, keys, attended  # as SAM's block: the image-to-token attention output (callers drop it)
+            key_update = lambda updated: self._adapt(self.medsa_key_adapter[adapter], updated)  # noqa: E731
+        return two_way_block_forward(
+            self.base_layer,
+            queries,
+            keys,
+            query_point_embedding,
+            key_point_embedding,
+            attention_similarity,
+            query_update=query_update,
+            key_update=key_update,
+        )
+
+
+def two_way_block_forward(
+    block: SamTwoWayAttentionBlock,
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    query_point_embedding: torch.Tensor,
+    key_point_embedding: torch.Tensor,
+    attention_similarity: torch.Tensor | None = None,
+    query_update: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    key_update: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SAM's two-way block through the block's own submodules, with two places for adapters.
+
+    `query_update(queries)` is added to the MLP's update of the queries, `key_update(keys)` to the keys after the
+    image-to-token attention. A block of class `MedSA2024TwoWayAttentionBlock` runs the authors' self-attention.
+
+    Returns:
+        queries, keys, and the image-to-token attention output, as SamTwoWayAttentionBlock.
+    """
+    if getattr(block, "residual_self_attention", False):
+        if not block.skip_first_layer_pe:
+            queries = queries + query_point_embedding
+        queries = queries + block.self_attn(query=queries, key=queries, value=queries)[0]
+    elif block.skip_first_layer_pe:
+        queries = block.self_attn(query=queries, key=queries, value=queries)[0]
+    else:
+        query = queries + query_point_embedding
+        queries = queries + block.self_attn(query=query, key=query, value=queries)[0]
+    queries = block.layer_norm1(queries)
+
+    query = queries + query_point_embedding
+    key = keys + key_point_embedding
+    attended = block.cross_attn_token_to_image(
+        query=query, key=key, value=keys, attention_similarity=attention_similarity
+    )[0]
+    queries = block.layer_norm2(queries + attended)
+
+    update = block.mlp(queries)
+    if query_update is not None:
+        update = update + query_update(queries)
+    queries = block.layer_norm3(queries + update)
+
+    query = queries + query_point_embedding
+    key = keys + key_point_embedding
+    attended = block.cross_attn_image_to_token(query=key, key=query, value=queries)[0]
+    keys = keys + attended
+    if key_update is not None:
+        keys = keys + key_update(keys)
+    keys = block.layer_norm4(keys)
+    return queries, keys, attended  # as SAM's block: the image-to-token attention output (callers drop it)
+
+
+class MedSA2024TwoWayAttentionBlock(SamTwoWayAttentionBlock):
+    """SAM's two-way block as the authors' code has computed it since January 2024 (`decoder_block="medsa-2024"`).
+
+    Its self-attention keeps the residual in the first block, `queries = norm1(queries + self_attn(queries))`, and
+    later blocks first add the prompt positional embedding to the running queries, so it enters q, k, v and the
+    residual. Same submodules and weights as SamTwoWayAttentionBlock; `use_decoder_block` switches a block's class.
+    """
+
+    residual_self_attention = True
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        query_point_embedding: torch.Tensor,
+        key_point_embedding: torch.Tensor,
+        attention_similarity: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return two_way_block_forward(
+            self, queries, keys, query_point_embedding, key_point_embedding, attention_similarity
+        )
+
+
+DECODER_BLOCKS = {"sam": SamTwoWayAttentionBlock, "medsa-2024": MedSA2024TwoWayAttentionBlock}
+
+
+def use_decoder_block(model: nn.Module, variant: str) -> None:
+    """Make every two-way block of `model` compute as `variant` ("sam" or "medsa-2024"), in place.
+
+    The class of each block is switched (same submodules and weights). A tuner layer cannot carry the variant:
+    PEFT never wraps modules inside `modules_to_save`, and the authors' checkpoints train the whole mask decoder
+    that way, so the variant has to live in the decoder's own blocks, and in the copy PEFT trains.
+    """
+    block_class = DECODER_BLOCKS[variant]
+    for module in model.modules():
+        if type(module) in DECODER_BLOCKS.values():
+            module.__class__ = block_class
+

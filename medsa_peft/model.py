@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numbers
 import re
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -13,7 +12,10 @@ from torch import nn
 from transformers.models.sam.modeling_sam import SamTwoWayAttentionBlock, SamVisionLayer
 
 from .config import MedSAConfig
-from .layer import NOT_MERGEABLE, MedSALayer, MedSATwoWayLayer, MedSAVisionLayer
+from .layer import NOT_MERGEABLE, MedSALayer, MedSATwoWayLayer, MedSAVisionLayer, use_decoder_block
+
+# The attribute of a SamModel that holds the handles of its volume hooks (`add_volume_hooks`).
+VOLUME_HOOKS = "_medsa_volume_hooks"
 
 
 def resolve_depth(pixel_values: torch.Tensor | None, depth: Any) -> int | None:
@@ -48,23 +50,71 @@ def resolve_depth(pixel_values: torch.Tensor | None, depth: Any) -> int | None:
     return depth
 
 
-def _flatten_volumes(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """SamModel forward pre-hook: drop `depth` and turn 5-D pixel_values into (B * D, 3, H, W)."""
-    kwargs.pop("depth", None)
-    if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 5:
-        args = (args[0].flatten(0, 1),) + tuple(args[1:])
-    pixel_values = kwargs.get("pixel_values")
+def _enter_sam_call(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """SamModel forward pre-hook: take `depth` out of the call, give it to every Med-SA image-encoder layer, and
+    turn 5-D pixel_values into (B * D, 3, H, W). Raises ValueError for a depth that the call cannot use."""
+    pixel_values = kwargs.get("pixel_values", args[0] if args else None)
+    depth = resolve_depth(pixel_values, kwargs.pop("depth", None))
+    layers = [module for module in model.modules() if isinstance(module, MedSALayer)]
+    vision_layers = [layer for layer in layers if isinstance(layer, MedSAVisionLayer)]
+    if depth is not None:
+        # Disabled or deleted adapters leave SAM, which takes the slices one by one: then any depth is fine.
+        running = {layer._current_adapter() for layer in layers} - {None}
+        if running and not any(layer.has_depth_adapter(name) for layer in vision_layers for name in running):
+            raise ValueError(
+                f"depth={depth} was given, but the active Med-SA adapter {sorted(running)} has no depth adapter; "
+                "create it with MedSAConfig(depth_adapter=True) to segment volumes."
+            )
+    for layer in vision_layers:
+        layer.volume_depth = depth
     if pixel_values is not None and pixel_values.dim() == 5:
-        kwargs["pixel_values"] = pixel_values.flatten(0, 1)
+        if "pixel_values" in kwargs:
+            kwargs["pixel_values"] = pixel_values.flatten(0, 1)
+        else:
+            args = (pixel_values.flatten(0, 1), *args[1:])
     return args, kwargs
 
 
+def _leave_sam_call(model: nn.Module, args: tuple, output: Any) -> None:
+    """SamModel forward hook, run on errors too: the next call starts without a depth."""
+    for module in model.modules():
+        if isinstance(module, MedSAVisionLayer):
+            module.volume_depth = None
+
+
+def add_volume_hooks(model: nn.Module) -> None:
+    """Let `model`, a SamModel with Med-SA layers, take `depth` and 5-D pixel_values in its own forward (idempotent).
+
+    Hooks on the SamModel itself, not on the PeftModel, so that volumes work the same through
+    `peft.inject_adapter_in_model`, through a PeftModel, and under `disable_adapter()`.
+    """
+    if hasattr(model, VOLUME_HOOKS):
+        return
+    setattr(
+        model,
+        VOLUME_HOOKS,
+        (
+            model.register_forward_pre_hook(_enter_sam_call, with_kwargs=True),
+            model.register_forward_hook(_leave_sam_call, always_call=True),
+        ),
+    )
+
+
+def remove_volume_hooks(model: nn.Module) -> None:
+    """Undo `add_volume_hooks`: a plain SamModel again."""
+    for handle in getattr(model, VOLUME_HOOKS, ()):
+        handle.remove()
+    if hasattr(model, VOLUME_HOOKS):
+        delattr(model, VOLUME_HOOKS)
+
+
 class MedSAModel(BaseTuner):
-    """Med-SA on a transformers `SamModel` (DESIGN.md section 3).
+    """Med-SA on a transformers `SamModel` (docs/design.md).
 
     Use it through PEFT: `get_peft_model(sam, MedSAConfig())` returns a PeftModel whose forward takes SamModel's
     arguments plus `depth`: `model(pixel_values=(B*D, 3, H, W), depth=D, input_boxes=(B*D, 1, 4))` or
-    pixel_values (B, D, 3, H, W). Prompts come one set per slice.
+    pixel_values (B, D, 3, H, W). Prompts come one set per slice. The SamModel itself takes them too
+    (`add_volume_hooks`), so `peft.inject_adapter_in_model` and `disable_adapter()` see volumes as well.
     """
 
     prefix: str = "medsa_"
@@ -73,6 +123,20 @@ class MedSAModel(BaseTuner):
 
     def _prepare_adapter_config(self, peft_config: MedSAConfig, model_config: dict) -> MedSAConfig:
         return peft_config
+
+    def _prepare_model(self, peft_config: MedSAConfig, model: nn.Module) -> None:
+        """Apply the SAM variant the adapter was trained on (`decoder_block`; `pad_windows_before_norm` is read by
+        the vision layers). It describes the base model, so every adapter of the model must agree on it."""
+        variant = (peft_config.decoder_block, peft_config.pad_windows_before_norm)
+        for name, other in self.peft_config.items():
+            if other is not peft_config and (other.decoder_block, other.pad_windows_before_norm) != variant:
+                raise ValueError(
+                    f"adapter {name!r} runs SAM with decoder_block={other.decoder_block!r}, "
+                    f"pad_windows_before_norm={other.pad_windows_before_norm}; the new adapter with "
+                    f"decoder_block={variant[0]!r}, pad_windows_before_norm={variant[1]}. Adapters of one model "
+                    "must agree on these: load it on its own SAM."
+                )
+        use_decoder_block(model, peft_config.decoder_block)
 
     def _create_and_replace(
         self,
@@ -122,43 +186,11 @@ class MedSAModel(BaseTuner):
     def _check_merge_allowed(self) -> None:
         raise ValueError(NOT_MERGEABLE)
 
-    def _vision_layers(self) -> list[MedSAVisionLayer]:
-        return [module for module in self.model.modules() if isinstance(module, MedSAVisionLayer)]
+    def _post_injection_hook(self, model: nn.Module, config: MedSAConfig, adapter_name: str) -> None:
+        add_volume_hooks(model)
 
-    def _active_adapter_has_depth(self) -> bool:
-        return any(
-            layer.has_depth_adapter(name) for layer in self._vision_layers() for name in layer.active_adapters
-        )
-
-    @contextmanager
-    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any):
-        """Carry `depth` from the forward call to every image-encoder layer as a forward argument.
-
-        The layer pre-hooks put `depth` into the layers' own call arguments, so activation checkpointing, which
-        re-runs a layer's forward during backward with the arguments it saved, sees the same depth.
-        """
-        pixel_values = kwargs.get("pixel_values", args[0] if args else None)
-        depth = resolve_depth(pixel_values, kwargs.get("depth"))
-        if depth is not None and not self._active_adapter_has_depth():
-            raise ValueError(
-                f"depth={depth} was given, but the active Med-SA adapter {self.active_adapters} has no depth "
-                "adapter; create it with MedSAConfig(depth_adapter=True) to segment volumes."
-            )
-        handles = [self.model.register_forward_pre_hook(_flatten_volumes, with_kwargs=True)]
-        if depth is not None:
-            for layer in self._vision_layers():
-                handles.append(
-                    layer.register_forward_pre_hook(
-                        lambda module, layer_args, layer_kwargs: (layer_args, {**layer_kwargs, "depth": depth}),
-                        with_kwargs=True,
-                    )
-                )
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    def forward(self, *args: Any, **kwargs: Any):
-        with self._enable_peft_forward_hooks(*args, **kwargs):
-            return self.model(*args, **kwargs)
+    def _unload_and_optionally_merge(self, *args: Any, **kwargs: Any) -> nn.Module:
+        model = super()._unload_and_optionally_merge(*args, **kwargs)
+        remove_volume_hooks(model)
+        use_decoder_block(model, "sam")
+        return model

@@ -14,12 +14,14 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import SamModel
 
-from medsa_peft.conversion import CheckpointError, convert_official_checkpoint
+from medsa_peft.conversion import CheckpointError, authors_multimask_logits, convert_official_checkpoint
 from medsa_peft.inference import MedSAPredictor
+from medsa_peft.performance import use_fused_attention
 from medsa_peft.testing import randomize_weights, tiny_sam_config
 
-SIZE, PATCH, WINDOW, GLOBAL_BLOCKS, HEADS, DECODER_HEADS, MASK_TOKENS = 64, 8, 4, (1,), 2, 8, 4
-
+PATCH, WINDOW, GLOBAL_BLOCKS, HEADS, DECODER_HEADS, MASK_TOKENS, HIDDEN = 16, 14, (1,), 2, 8, 4, 32
+# Their encoder stores pos_embed for 1024 px whatever the image size (1024 // 16 = 64 tokens a side).
+STORED_GRID = 1024 // PATCH
 # transformers' SamModel names -> segment_anything names, applied in order to every key
 TO_AUTHORS_NAMES = (
     (r"^vision_encoder\.layers\.", "image_encoder.blocks."),
@@ -47,37 +49,47 @@ TO_AUTHORS_NAMES = (
 )
 
 
-def tiny_sam() -> SamModel:
-    config = tiny_sam_config()
+def tiny_sam(image_size: int) -> SamModel:
+    """A tiny SAM laid out like theirs: patch 16, windows of 14, block 1 global."""
+    config = tiny_sam_config(
+        image_size=image_size, patch_size=PATCH, hidden_size=HIDDEN, window_size=WINDOW, global_attn_indexes=GLOBAL_BLOCKS
+    )
     config.mask_decoder_config.num_attention_heads = DECODER_HEADS  # SAM's decoder head count, assumed by conversion
     return randomize_weights(SamModel(config), seed=3).eval()
 
 
-def authors_checkpoint(seed: int = 0, depth_adapter: bool = True) -> dict[str, torch.Tensor]:
-    """A state dict in the authors' layout: a tiny SAM's weights under segment_anything names, random adapters,
-    and the global block's relative-position tables sized for their hard-coded 64 x 64 grid."""
+def authors_checkpoint(
+    seed: int = 0, depth_adapter: bool = True, image_size: int = 256, generation: str = "2023"
+) -> dict[str, torch.Tensor]:
+    """A state dict in the layout their code saves after training at `image_size`: a tiny SAM's weights under
+    segment_anything names, random adapters, pos_embed stored for 1024 px, the global block's relative-position
+    tables for the token grid of `image_size`, and for generation "2024" the two-way blocks' MLPs named
+    `mlp.layers.0.0` / `mlp.fc`."""
     generator = torch.Generator().manual_seed(seed)
     state = {}
-    for name, tensor in tiny_sam().state_dict().items():
+    for name, tensor in tiny_sam(image_size).state_dict().items():
         if name == "prompt_encoder.shared_embedding.positional_embedding":
             continue  # tied to shared_image_embedding
         for pattern, replacement in TO_AUTHORS_NAMES:
             name = re.sub(pattern, replacement, name)
+        if generation == "2024":
+            name = re.sub(r"(transformer\.layers\.\d+\.mlp)\.lin1\.", r"\1.layers.0.0.", name)
+            name = re.sub(r"(transformer\.layers\.\d+\.mlp)\.lin2\.", r"\1.fc.", name)
         state[name] = tensor.clone()
-    head_dim = 32 // HEADS
+    state["image_encoder.pos_embed"] = torch.randn(1, STORED_GRID, STORED_GRID, HIDDEN, generator=generator) * 0.5
+    head_dim = HIDDEN // HEADS
     for block in range(2):
         prefix = f"image_encoder.blocks.{block}"
-        if block in GLOBAL_BLOCKS:
-            for axis in "hw":
-                state[f"{prefix}.attn.rel_pos_{axis}"] = torch.randn(127, head_dim, generator=generator) * 0.1
-        else:  # accepted too: the names rel_h / rel_w
-            state[f"{prefix}.attn.rel_h"] = state.pop(f"{prefix}.attn.rel_pos_h")
-            state[f"{prefix}.attn.rel_w"] = state.pop(f"{prefix}.attn.rel_pos_w")
+        size = image_size // PATCH if block in GLOBAL_BLOCKS else WINDOW
+        for axis in "hw":  # their 2024 code names the tables rel_h / rel_w, the 2023 code rel_pos_h / rel_pos_w
+            name = f"{prefix}.attn.rel_{axis}" if generation == "2024" else f"{prefix}.attn.rel_pos_{axis}"
+            state.pop(f"{prefix}.attn.rel_pos_{axis}")
+            state[name] = torch.randn(2 * size - 1, head_dim, generator=generator) * 0.3
         for adapter in ("Space_Adapter", "MLP_Adapter") + (("Depth_Adapter",) if depth_adapter else ()):
-            state[f"{prefix}.{adapter}.D_fc1.weight"] = torch.randn(8, 32, generator=generator) * 0.1
+            state[f"{prefix}.{adapter}.D_fc1.weight"] = torch.randn(8, HIDDEN, generator=generator) * 0.1
             state[f"{prefix}.{adapter}.D_fc1.bias"] = torch.randn(8, generator=generator) * 0.1
-            state[f"{prefix}.{adapter}.D_fc2.weight"] = torch.randn(32, 8, generator=generator) * 0.1
-            state[f"{prefix}.{adapter}.D_fc2.bias"] = torch.randn(32, generator=generator) * 0.1
+            state[f"{prefix}.{adapter}.D_fc2.weight"] = torch.randn(HIDDEN, 8, generator=generator) * 0.1
+            state[f"{prefix}.{adapter}.D_fc2.bias"] = torch.randn(HIDDEN, generator=generator) * 0.1
     return state
 
 
@@ -87,10 +99,13 @@ def save_as_their_train_py(state: dict, path, **extra) -> None:
 
 
 class AuthorsForward:
-    """The authors' 2D forward (`args.thd` off) from their raw state dict, in plain torch."""
+    """The authors' 2D forward (`args.thd` off) from their raw state dict, in plain torch: their ImageEncoderViT with
+    AdapterBlocks (pos_embed resized bicubically to the token grid, windows padded before norm1), SAM's prompt
+    encoder, and the mask decoder of the generation that saved the state dict."""
 
     def __init__(self, state: dict[str, torch.Tensor]):
         self.w = state
+        self.generation = "2024" if any(".mlp.fc." in key for key in state) else "2023"
 
     def linear(self, x, prefix):
         return F.linear(x, self.w[f"{prefix}.weight"], self.w[f"{prefix}.bias"])
@@ -129,18 +144,20 @@ class AuthorsForward:
 
     def block(self, x, index):
         prefix = f"image_encoder.blocks.{index}"
+        shortcut = x
         batch, height, width, channels = x.shape
-        h = self.layer_norm(x, f"{prefix}.norm1", 1e-6)
         windowed = index not in GLOBAL_BLOCKS
-        if windowed:  # the tiny grid divides into windows, no padding
-            h = h.view(batch, height // WINDOW, WINDOW, width // WINDOW, WINDOW, channels)
-            h = h.permute(0, 1, 3, 2, 4, 5).reshape(-1, WINDOW, WINDOW, channels)
-        a = self.vit_attention(h, f"{prefix}.attn")
+        if windowed:  # their window_partition runs before norm1: zero padding tokens become norm1's bias
+            padded_h, padded_w = height + -height % WINDOW, width + -width % WINDOW
+            x = F.pad(x, (0, 0, 0, padded_w - width, 0, padded_h - height))
+            x = x.view(batch, padded_h // WINDOW, WINDOW, padded_w // WINDOW, WINDOW, channels)
+            x = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, WINDOW, WINDOW, channels)
+        a = self.vit_attention(self.layer_norm(x, f"{prefix}.norm1", 1e-6), f"{prefix}.attn")
         a = a + self.adapter(a, f"{prefix}.Space_Adapter")
         if windowed:
-            a = a.view(batch, height // WINDOW, width // WINDOW, WINDOW, WINDOW, channels)
-            a = a.permute(0, 1, 3, 2, 4, 5).reshape(batch, height, width, channels)
-        x = x + a
+            a = a.view(batch, padded_h // WINDOW, padded_w // WINDOW, WINDOW, WINDOW, channels)
+            a = a.permute(0, 1, 3, 2, 4, 5).reshape(batch, padded_h, padded_w, channels)[:, :height, :width]
+        x = shortcut + a
         n = self.layer_norm(x, f"{prefix}.norm2", 1e-6)
         mlp = self.linear(F.gelu(self.linear(n, f"{prefix}.mlp.lin1")), f"{prefix}.mlp.lin2")
         return x + mlp + 0.5 * self.adapter(n, f"{prefix}.MLP_Adapter")
@@ -153,7 +170,10 @@ class AuthorsForward:
             w["image_encoder.patch_embed.proj.bias"],
             stride=PATCH,
         )
-        x = x.permute(0, 2, 3, 1) + w["image_encoder.pos_embed"]
+        pos_embed = F.interpolate(
+            w["image_encoder.pos_embed"].permute(0, 3, 1, 2), size=x.shape[-2:], mode="bicubic", align_corners=False
+        )
+        x = (x + pos_embed).permute(0, 2, 3, 1)
         for index in range(2):
             x = self.block(x, index)
         x = self.layer_norm_2d(
@@ -183,12 +203,33 @@ class AuthorsForward:
             x = F.relu(x) if index < layers - 1 else x
         return x
 
+    def self_attention(self, queries, tokens, index):
+        """The first sub-block of two-way block `index`: SAM's (2023 code) or with a residual (2024 code)."""
+        prefix = f"mask_decoder.transformer.layers.{index}"
+        if self.generation == "2024":
+            if index > 0:
+                queries = queries + tokens
+            queries = queries + self.decoder_attention(queries, queries, queries, f"{prefix}.self_attn")
+        elif index == 0:
+            queries = self.decoder_attention(queries, queries, queries, f"{prefix}.self_attn")
+        else:
+            queries = queries + self.decoder_attention(queries + tokens, queries + tokens, queries, f"{prefix}.self_attn")
+        return self.layer_norm(queries, f"{prefix}.norm1", 1e-5)
+
+    def block_mlp(self, queries, index):
+        prefix = f"mask_decoder.transformer.layers.{index}.mlp"
+        if self.generation == "2024":
+            return self.linear(F.relu(self.linear(queries, f"{prefix}.layers.0.0")), f"{prefix}.fc")
+        return self.linear(F.relu(self.linear(queries, f"{prefix}.lin1")), f"{prefix}.lin2")
+
     def masks(self, pixel_values, boxes):
-        """Single-mask logits (B, 1, 4g, 4g) and IoU predictions (B, 1) for one box (x0, y0, x1, y1) per image."""
-        w, grid = self.w, SIZE // PATCH
+        """Logits of all mask tokens (B, 4, 4g, 4g) and IoU predictions (B, 4) for one box (x0, y0, x1, y1) per
+        image; their decoder returns the first n for `multimask_output = n`."""
+        w, size = self.w, pixel_values.shape[-1]
+        grid = size // PATCH
         embeddings = self.image_embeddings(pixel_values)
         batch, channels = embeddings.shape[:2]
-        corners = self.fourier((boxes.reshape(-1, 2, 2) + 0.5) / SIZE)
+        corners = self.fourier((boxes.reshape(-1, 2, 2) + 0.5) / size)
         corners = corners + torch.stack(
             [w["prompt_encoder.point_embeddings.2.weight"][0], w["prompt_encoder.point_embeddings.3.weight"][0]]
         )
@@ -203,19 +244,12 @@ class AuthorsForward:
         queries = tokens
         for index in range(2):
             prefix = f"mask_decoder.transformer.layers.{index}"
-            if index == 0:
-                queries = self.decoder_attention(queries, queries, queries, f"{prefix}.self_attn")
-            else:
-                queries = queries + self.decoder_attention(
-                    queries + tokens, queries + tokens, queries, f"{prefix}.self_attn"
-                )
-            queries = self.layer_norm(queries, f"{prefix}.norm1", 1e-5)
+            queries = self.self_attention(queries, tokens, index)
             attended = self.decoder_attention(
                 queries + tokens, keys + key_pe, keys, f"{prefix}.cross_attn_token_to_image"
             )
             queries = self.layer_norm(queries + attended, f"{prefix}.norm2", 1e-5)
-            update = self.linear(F.relu(self.linear(queries, f"{prefix}.mlp.lin1")), f"{prefix}.mlp.lin2")
-            queries = self.layer_norm(queries + update, f"{prefix}.norm3", 1e-5)
+            queries = self.layer_norm(queries + self.block_mlp(queries, index), f"{prefix}.norm3", 1e-5)
             attended = self.decoder_attention(
                 keys + key_pe, queries + tokens, queries, f"{prefix}.cross_attn_image_to_token"
             )
@@ -240,44 +274,96 @@ class AuthorsForward:
             dim=1,
         )
         masks = (hyper @ image.flatten(2)).reshape(batch, MASK_TOKENS, 4 * grid, 4 * grid)
-        iou = self.mlp(queries[:, 0], "mask_decoder.iou_prediction_head", 3)
-        return masks[:, :1], iou[:, :1]
+        return masks, self.mlp(queries[:, 0], "mask_decoder.iou_prediction_head", 3)
 
 
-def test_converted_checkpoint_reproduces_the_authors_2d_forward(tmp_path):
-    state = authors_checkpoint()
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((got - expected).norm() / expected.norm()).item()
+
+
+def load_converted(folder) -> PeftModel:
+    return PeftModel.from_pretrained(SamModel.from_pretrained(folder / "sam"), folder / "adapter").eval()
+
+
+def box_inputs(size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two images and one box each, in pixels of the size their model was trained at."""
+    pixel_values = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    boxes = torch.tensor([[0.1, 0.12, 0.62, 0.7], [0.3, 0.03, 0.94, 0.47]]) * size
+    return pixel_values, boxes
+
+
+@pytest.mark.parametrize("generation", ["2023", "2024"])
+@pytest.mark.parametrize("image_size", [256, 512, 896, 1024])
+def test_converted_checkpoint_reproduces_the_authors_2d_forward(tmp_path, generation, image_size):
+    state = authors_checkpoint(image_size=image_size, generation=generation)
     save_as_their_train_py(state, tmp_path / "checkpoint.pth", best_tol=0.42, path_helper={"ckpt_path": "logs"})
     result = convert_official_checkpoint(tmp_path / "checkpoint.pth", tmp_path / "converted")
 
+    assert result.sam_config.vision_config.image_size == image_size
     assert result.ignored_keys and all("Depth_Adapter" in key for key in result.ignored_keys)
     saved = json.loads((tmp_path / "converted" / "adapter" / "adapter_config.json").read_text())
     assert saved["peft_type"] == "MEDSA" and saved["modules_to_save"] == ["mask_decoder"]
     assert saved["depth_adapter"] is False and saved["init"] == "official" and saved["bottleneck_ratio"] == 0.25
+    assert saved["pad_windows_before_norm"] is True
+    assert saved["decoder_block"] == ("medsa-2024" if generation == "2024" else "sam")
     assert saved["base_model_name_or_path"] == str((tmp_path / "converted" / "sam").resolve())
 
-    model = PeftModel.from_pretrained(
-        SamModel.from_pretrained(tmp_path / "converted" / "sam"), tmp_path / "converted" / "adapter"
-    )
-    model.eval()
-    pixel_values = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
-    boxes = torch.tensor([[6.0, 8.0, 40.0, 44.0], [20.0, 2.0, 60.0, 30.0]])
+    model = load_converted(tmp_path / "converted")
+    pixel_values, boxes = box_inputs(image_size)
     reference = AuthorsForward(state)
     with torch.no_grad():
         expected_embeddings = reference.image_embeddings(pixel_values)
         expected_masks, expected_iou = reference.masks(pixel_values, boxes)
-        embeddings = model.get_base_model().get_image_embeddings(pixel_values)
+        embeddings = model.get_image_embeddings(pixel_values)
         out = model(pixel_values=pixel_values, input_boxes=boxes[:, None], multimask_output=False)
+        two_masks, two_ious = authors_multimask_logits(model, 2, pixel_values=pixel_values, input_boxes=boxes[:, None])
 
     assert expected_embeddings.abs().mean() > 0.1  # a real signal, not near-zero weights
-    torch.testing.assert_close(embeddings, expected_embeddings, rtol=1e-4, atol=1e-5)
-    # transformers' decoder layer norms use eps 1e-6 where segment_anything's use 1e-5
-    torch.testing.assert_close(out.pred_masks[:, 0], expected_masks, rtol=1e-3, atol=1e-4)
-    torch.testing.assert_close(out.iou_scores[:, 0], expected_iou, rtol=1e-3, atol=1e-4)
+    assert relative_error(embeddings, expected_embeddings) < 1e-4
+    assert relative_error(out.pred_masks[:, 0], expected_masks[:, :1]) < 1e-4
+    assert relative_error(out.iou_scores[:, 0], expected_iou[:, :1]) < 1e-4
+    # their multimask_output = 2 (REFUGE): masks 0 and 1
+    assert relative_error(two_masks[:, 0], expected_masks[:, :2]) < 1e-4
+    assert relative_error(two_ious[:, 0], expected_iou[:, :2]) < 1e-4
 
     with torch.no_grad():  # the adapters matter: without them the encoder output differs
         with model.disable_adapter():
-            plain = model.get_base_model().get_image_embeddings(pixel_values)
-    assert not torch.allclose(plain, expected_embeddings, atol=1e-3)
+            plain = model.get_image_embeddings(pixel_values)
+        fused = use_fused_attention(model).get_image_embeddings(pixel_values)  # the fast path pads the same way
+    assert relative_error(plain, expected_embeddings) > 1e-2
+    assert relative_error(fused, expected_embeddings) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "field, value, image_size, matters",
+    [
+        ("pad_windows_before_norm", False, 1024, True),  # 64 tokens a side, windows of 14: padded
+        ("pad_windows_before_norm", False, 896, False),  # 56 = 4 x 14: no padding, SAM's windows are the same
+        ("decoder_block", "sam", 256, True),
+    ],
+)
+def test_each_quirk_of_the_authors_code_is_needed_exactly_where_it_applies(tmp_path, field, value, image_size, matters):
+    state = authors_checkpoint(image_size=image_size, generation="2024")
+    torch.save(state, tmp_path / "checkpoint.pth")
+    convert_official_checkpoint(tmp_path / "checkpoint.pth", tmp_path / "converted")
+    config_file = tmp_path / "converted" / "adapter" / "adapter_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), field: value}))
+
+    model = load_converted(tmp_path / "converted")
+    pixel_values, boxes = box_inputs(image_size)
+    with torch.no_grad():
+        expected_masks, _ = AuthorsForward(state).masks(pixel_values, boxes)
+        out = model(pixel_values=pixel_values, input_boxes=boxes[:, None], multimask_output=False)
+    error = relative_error(out.pred_masks[:, 0], expected_masks[:, :1])
+    assert (error > 1e-4) if matters else (error < 1e-5)  # measured: 6e-4 (padding at 1024 px), 0.12 (block)
+
+
+def test_authors_multimask_logits_checks_the_number_of_masks(tmp_path):
+    torch.save(authors_checkpoint(), tmp_path / "checkpoint.pth")
+    convert_official_checkpoint(tmp_path / "checkpoint.pth", tmp_path / "converted")
+    pixel_values, boxes = box_inputs(256)
+    with pytest.raises(ValueError, match=r"num_masks must be in 1\.\.4"):
+        authors_multimask_logits(load_converted(tmp_path / "converted"), 5, pixel_values=pixel_values, input_boxes=boxes)
 
 
 def test_depth_adapter_conversion_keeps_the_depth_weights(tmp_path):

@@ -285,3 +285,32 @@ def test_bf16_autocast_with_checkpointing_and_depth(sam):
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+
+
+def test_medsa_2024_decoder_block_is_one_computation_with_and_without_decoder_adapters():
+    """`decoder_block="medsa-2024"` runs the authors' two-way block both where a MedSATwoWayLayer wraps the block
+    (zero-init decoder adapters: no change) and where the whole decoder is trained (official preset); unload
+    gives SAM's block back."""
+    from transformers.models.sam.modeling_sam import SamTwoWayAttentionBlock
+
+    from medsa_peft.testing import tiny_sam_model
+
+    pixels, boxes = images(2), boxes_for(2)
+    with torch.no_grad():
+        plain = tiny_sam_model()(pixel_values=pixels, input_boxes=boxes).pred_masks
+        wrapped = get_peft_model(tiny_sam_model(), MedSAConfig(decoder_block="medsa-2024"))
+        official = get_peft_model(tiny_sam_model(), MedSAConfig.official(decoder_block="medsa-2024", init="zero"))
+        got_wrapped = wrapped(pixel_values=pixels, input_boxes=boxes).pred_masks
+        got_official = official(pixel_values=pixels, input_boxes=boxes).pred_masks
+    torch.testing.assert_close(got_wrapped, got_official)
+    assert (got_official - plain).abs().max() > 1e-3
+    blocks = [module for module in official.unload().modules() if isinstance(module, SamTwoWayAttentionBlock)]
+    assert blocks and all(type(block) is SamTwoWayAttentionBlock for block in blocks)
+
+
+def test_adapters_of_one_model_must_agree_on_the_sam_variant(sam):
+    model = get_peft_model(sam, MedSAConfig())
+    with pytest.raises(ValueError, match="decoder_block='medsa-2024'.*must agree"):
+        model.add_adapter("authors", MedSAConfig(decoder_block="medsa-2024"))
+    with pytest.raises(ValueError, match="pad_windows_before_norm acts in the image-encoder layers"):
+        MedSAConfig(space_adapter=False, mlp_adapter=False, pad_windows_before_norm=True)
