@@ -6,13 +6,13 @@
 score(q, k) = scale q.k + rel_h[q, row(k)] + rel_w[q, col(k)], with rel_h (N, heads, HW, H) and rel_w
 (N, heads, HW, W) computed from q. Ways timed, each with gradients to q, k, v, rel_h and rel_w:
 - bias: transformers' way, the (N, heads, HW, HW) bias materialised and given to scaled_dot_product_attention;
-- folded: `medsa_peft.adapters.rel_pos_attention`'s way, q' = [scale q, rel_h, rel_w],
+- folded: `medsa_peft.tuner.adapters.rel_pos_attention`'s way, q' = [scale q, rel_h, rel_w],
   k' = [k, onehot(row), onehot(col)], no bias; with v padded to the width of q' (flash kernels need equal
   widths; what the library does), or v left 64 wide; each under the default kernel choice and each kernel forced;
 - flex: torch.compile'd flex_attention with the bias added in a score_mod (learnable captured tensors).
 Cases: a global layer (64 x 64 tokens, batch 4), a windowed one (14 x 14 windows, 4 x 25 of them), and SD-Trans's
 depth attention (8 slices at each of the 64 x 64 tokens of one volume; no bias) under each kernel and as
-`medsa_peft.adapters.short_sequence_attention` compiled, what a compiled Med-SA layer runs ("short-compiled").
+`medsa_peft.tuner.adapters.short_sequence_attention` compiled, what a compiled Med-SA layer runs ("short-compiled").
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medsa_peft.adapters import fold_bias_into_query_key, short_sequence_attention
+from medsa_peft.tuner.adapters import fold_bias_into_query_key, short_sequence_attention
 
 HEADS, HEAD_DIM = 12, 64
 KERNELS = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH)

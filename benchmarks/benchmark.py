@@ -17,7 +17,7 @@ host %: the median time the step takes to return (the host issuing its work) ove
 the step is bound by the host (Python, kernel launches), not by the device. (A step that waited for the device
 inside, e.g. reading the loss, would show 100 too; these steps never do.)
 
-Compiled variants (`medsa_peft.performance.compile_sam_layers`): "+compile" compiles every image-encoder layer and
+Compiled variants (`medsa_peft.tuner.fast_paths.compile_sam_layers`): "+compile" compiles every image-encoder layer and
 the prompt encoder and mask decoder whole; "+compile-blocks" the image-encoder layers and the decoder's two-way
 blocks only (the decoder's other modules eager); "+cudagraphs" is "+compile" with `mode="reduce-overhead"`, which
 replays each graph as a CUDA graph (on a CPU it is "+compile").
@@ -56,7 +56,7 @@ from naive_medsa import NaiveMedSA
 
 import medsa_peft  # noqa: F401  (registers MEDSA)
 from medsa_peft import MedSAConfig
-from medsa_peft.performance import compile_sam_layers, use_fused_attention
+from medsa_peft.tuner.fast_paths import compile_sam_layers, use_fused_attention
 from medsa_peft.testing import randomize_weights, tiny_sam_config
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medsa_peft.layer import MedSAVisionLayer
+from medsa_peft.tuner.layer import MedSAVisionLayer
 
 
 class NaiveMedSA(nn.Module):

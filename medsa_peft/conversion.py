@@ -41,8 +41,8 @@ from peft import get_peft_model
 from safetensors.torch import load_file
 from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
 
-from .adapters import adapter_width
-from .config import MedSAConfig
+from .tuner.adapters import adapter_width
+from .tuner.config import MedSAConfig
 
 # (pattern on the authors' key, replacement giving transformers' SamModel key); the first match wins.
 SAM_KEY_MAPPING: tuple[tuple[str, str], ...] = (

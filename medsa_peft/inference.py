@@ -29,7 +29,7 @@ from peft import PeftConfig, PeftModel
 from tqdm.auto import tqdm
 from transformers import SamModel
 
-from .config import MEDSA_PEFT_TYPE
+from .tuner.config import MEDSA_PEFT_TYPE
 from .data.preprocess import (
     MODALITIES,
     SamFrame,
@@ -40,7 +40,7 @@ from .data.preprocess import (
     sam_logits_to_original,
 )
 from .io import MedicalImage, read_image, write_mask, write_png
-from .performance import compile_sam_layers, use_fused_attention
+from .tuner.fast_paths import compile_sam_layers, use_fused_attention
 from .visualize import PREDICTION_COLOUR, overlay
 
 PHOTO = "photo"  # the modality of a picture that does not say otherwise
@@ -352,8 +352,8 @@ class MedSAPredictor:
         overlap: slices shared by consecutive chunks; their mask logits are averaged.
         batch_size: slices per forward pass (whole chunks of a depth model: at least one chunk).
         compile: `torch.compile` each image-encoder layer, the prompt encoder and the mask decoder
-            (`performance.compile_sam_layers`).
-        fused_attention: SAM's spatial attention without its (HW x HW) bias (`performance.use_fused_attention`),
+            (`tuner.fast_paths.compile_sam_layers`).
+        fused_attention: SAM's spatial attention without its (HW x HW) bias (`tuner.fast_paths.use_fused_attention`),
             the same function up to rounding; faster and leaner on GPUs.
         progress: show a tqdm bar over the forward passes.
     """

@@ -21,12 +21,12 @@ from transformers import SamModel, get_cosine_schedule_with_warmup
 
 from .builders import EMBEDDED_DEFAULT, prepare_dataset
 from .checkpoints import keep_trainable_weights, latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import MedSAConfig
+from .tuner.config import MedSAConfig
 from .data import PromptSpec, SamFrame, SamTrainingSamples, collate_sam
 from .files import write_json
 from .losses import DiceBCELoss
 from .model_card import build_model_card, metrics_table
-from .performance import compile_sam_layers, use_fused_attention
+from .tuner.fast_paths import compile_sam_layers, use_fused_attention
 from .pretrained import default_model_path
 from .scoring import evaluate_model
 from .visualize import save_png

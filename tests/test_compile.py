@@ -10,9 +10,9 @@ from peft import get_peft_model
 
 import medsa_peft  # noqa: F401  (registers MEDSA)
 from medsa_peft import MedSAConfig
-from medsa_peft.adapters import SHORT_SEQUENCE_MAX, depth_attention, rel_pos_attention, short_sequence_attention
-from medsa_peft.layer import MedSATwoWayLayer, MedSAVisionLayer
-from medsa_peft.performance import compile_sam_layers, use_fused_attention
+from medsa_peft.tuner.adapters import SHORT_SEQUENCE_MAX, depth_attention, rel_pos_attention, short_sequence_attention
+from medsa_peft.tuner.layer import MedSATwoWayLayer, MedSAVisionLayer
+from medsa_peft.tuner.fast_paths import compile_sam_layers, use_fused_attention
 from medsa_peft.testing import tiny_sam_model
 
 COMPILE = {"backend": "aot_eager", "fullgraph": True}

@@ -16,7 +16,7 @@ from transformers import SamModel
 
 from medsa_peft.conversion import CheckpointError, authors_multimask_logits, convert_official_checkpoint
 from medsa_peft.inference import MedSAPredictor
-from medsa_peft.performance import use_fused_attention
+from medsa_peft.tuner.fast_paths import use_fused_attention
 from medsa_peft.testing import randomize_weights, tiny_sam_config
 
 PATCH, WINDOW, GLOBAL_BLOCKS, HEADS, DECODER_HEADS, MASK_TOKENS, HIDDEN = 16, 14, (1,), 2, 8, 4, 32

@@ -118,7 +118,7 @@ def design_citations() -> list[str]:
 
 def test_the_scan_sees_the_files_and_their_citations():
     files = {path.relative_to(ROOT).as_posix() for path in scanned_files()}
-    assert {"README.md", "medsa_peft/layer.py", "examples/train.py", "docs/design.md"} <= files
+    assert {"README.md", "medsa_peft/tuner/layer.py", "examples/train.py", "docs/design.md"} <= files
     readme = {cited for _, cited, _ in citations(ROOT / "README.md")}
     assert "examples/train.py" in readme
 

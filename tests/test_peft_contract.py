@@ -33,8 +33,8 @@ from transformers import AutoModel, SamModel
 
 import medsa_peft  # noqa: F401  (registers MEDSA)
 from medsa_peft import MedSAConfig
-from medsa_peft.layer import MedSALayer
-from medsa_peft.model import VOLUME_HOOKS
+from medsa_peft.tuner.layer import MedSALayer
+from medsa_peft.tuner.model import VOLUME_HOOKS
 from medsa_peft.testing import randomize_weights, tiny_sam_config, tiny_sam_model
 
 SIZE = 64

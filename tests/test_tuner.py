@@ -7,7 +7,7 @@ from transformers import SamConfig, SamModel
 
 import medsa_peft  # noqa: F401  (registers MEDSA)
 from medsa_peft import MedSAConfig
-from medsa_peft.layer import MedSATwoWayLayer, MedSAVisionLayer
+from medsa_peft.tuner.layer import MedSATwoWayLayer, MedSAVisionLayer
 from medsa_peft.testing import randomize_weights
 
 SIZE = 64  # tiny_sam_config: 64 px images, 8 x 8 tokens, layer 0 windowed (4 x 4), layer 1 global

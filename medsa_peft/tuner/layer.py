@@ -139,7 +139,7 @@ class MedSAVisionLayer(GradientCheckpointingLayer, MedSALayer):
         # Slices per volume of the SamModel call in progress, set by MedSAModel's hooks; None: 2D.
         self.volume_depth: int | None = None
         self.register_forward_pre_hook(_pass_volume_depth, with_kwargs=True)
-        # False: SAM's own attention module runs. `performance.use_fused_attention` switches to `rel_pos_attention`,
+        # False: SAM's own attention module runs. `fast_paths.use_fused_attention` switches to `rel_pos_attention`,
         # the same function with no (HW x HW) bias, whose qkv projection the depth branch then reuses.
         self.fused_attention = False
         # The authors' code pads windows before layer_norm1 (MedSAConfig.pad_windows_before_norm); model-wide.

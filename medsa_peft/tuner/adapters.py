@@ -4,7 +4,7 @@
 - `HyperPromptAdapter` (HyP-Adpt): a k x k weight generated from the prompt embedding conditions the keys.
 - `depth_attention`: SD-Trans, self-attention over the D slices of every spatial token with SAM's frozen weights.
 - `rel_pos_attention`: SAM's frozen spatial attention with its relative-position bias folded into queries and keys,
-  the fast path that `performance.use_fused_attention` switches on.
+  the fast path that `fast_paths.use_fused_attention` switches on.
 """
 
 from __future__ import annotations
