@@ -57,7 +57,7 @@ from naive_medsa import NaiveMedSA
 import medsa_peft  # noqa: F401  (registers MEDSA)
 from medsa_peft import MedSAConfig
 from medsa_peft.tuner.fast_paths import compile_sam_layers, use_fused_attention
-from medsa_peft.testing import randomize_weights, tiny_sam_config
+from medsa_peft.tiny_sam import randomize_weights, tiny_sam_config
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from .files import write_json
 from .losses import DiceBCELoss
 from .model_card import build_model_card, metrics_table
 from .tuner.fast_paths import compile_sam_layers, use_fused_attention
-from .pretrained import default_model_path
+from .tiny_sam import default_model_path
 from .scoring import evaluate_model
 from .visualize import save_png
 

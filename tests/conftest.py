@@ -11,7 +11,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest
 import torch
 
-from medsa_peft.testing import tiny_sam_config, tiny_sam_model
+from helpers import tiny_sam_model
+from medsa_peft.tiny_sam import tiny_sam_config
 
 
 @pytest.fixture

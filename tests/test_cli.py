@@ -15,7 +15,7 @@ from test_conversion import authors_checkpoint
 from test_inference import save_nifti, saved_model
 
 from medsa_peft.cli import main
-from medsa_peft.testing import LocalHub
+from helpers import LocalHub
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

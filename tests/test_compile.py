@@ -13,7 +13,7 @@ from medsa_peft import MedSAConfig
 from medsa_peft.tuner.adapters import SHORT_SEQUENCE_MAX, depth_attention, rel_pos_attention, short_sequence_attention
 from medsa_peft.tuner.layer import MedSATwoWayLayer, MedSAVisionLayer
 from medsa_peft.tuner.fast_paths import compile_sam_layers, use_fused_attention
-from medsa_peft.testing import tiny_sam_model
+from helpers import tiny_sam_model
 
 COMPILE = {"backend": "aot_eager", "fullgraph": True}
 

@@ -17,7 +17,7 @@ from transformers import SamModel
 from medsa_peft.conversion import CheckpointError, authors_multimask_logits, convert_official_checkpoint
 from medsa_peft.inference import MedSAPredictor
 from medsa_peft.tuner.fast_paths import use_fused_attention
-from medsa_peft.testing import randomize_weights, tiny_sam_config
+from medsa_peft.tiny_sam import randomize_weights, tiny_sam_config
 
 PATCH, WINDOW, GLOBAL_BLOCKS, HEADS, DECODER_HEADS, MASK_TOKENS, HIDDEN = 16, 14, (1,), 2, 8, 4, 32
 # Their encoder stores pos_embed for 1024 px whatever the image size (1024 // 16 = 64 tokens a side).

@@ -16,7 +16,7 @@ from medsa_peft.data.preprocess import frame_coordinates, frame_images, sam_logi
 from medsa_peft.inference import AdapterNotFoundError, Box3D, MedSAPredictor, PromptError, SlicePrompt
 from medsa_peft.io import UnsupportedFileError, read_image
 from medsa_peft.tuner.layer import MedSAVisionLayer
-from medsa_peft.testing import randomize_adapters
+from helpers import randomize_adapters
 
 SIZE = 64  # image_size of the tiny SAM
 

@@ -35,7 +35,8 @@ import medsa_peft  # noqa: F401  (registers MEDSA)
 from medsa_peft import MedSAConfig
 from medsa_peft.tuner.layer import MedSALayer
 from medsa_peft.tuner.model import VOLUME_HOOKS
-from medsa_peft.testing import randomize_weights, tiny_sam_config, tiny_sam_model
+from helpers import tiny_sam_model
+from medsa_peft.tiny_sam import randomize_weights, tiny_sam_config
 
 SIZE = 64
 

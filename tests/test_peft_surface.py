@@ -15,7 +15,7 @@ from transformers import SamModel
 
 import medsa_peft  # noqa: F401
 from medsa_peft import MedSAConfig
-from medsa_peft.testing import LocalHub, randomize_adapters
+from helpers import LocalHub, randomize_adapters
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -203,12 +203,17 @@ def test_readme_python_example_runs_as_written(sam, tmp_path):
     publish_tiny_sam(hub, sam, "facebook/sam-vit-base", tmp_path)
     result = run_python(
         f"""
-        from medsa_peft.testing import LocalHub
+        from helpers import LocalHub
         LocalHub({str(tmp_path / "hf_home")!r}).install()  # push_to_hub "uploads" into the local Hub cache
         exec(compile(open("example.py").read(), "README example", "exec"))
         assert isinstance(model, __import__("peft").PeftModel)
         """,
-        env={"HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "CWD": str(tmp_path)},
+        env={
+            "HF_HOME": str(tmp_path / "hf_home"),
+            "HF_HUB_OFFLINE": "1",
+            "CWD": str(tmp_path),
+            "PYTHONPATH": str(REPO_ROOT / "tests"),  # tests/helpers.py
+        },
     )
     assert "torch.Size([8, 1, 1, 32, 32])" in result.stdout
     assert "trainable params" in result.stdout

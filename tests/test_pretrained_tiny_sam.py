@@ -8,10 +8,21 @@ import pytest
 from transformers import SamModel
 
 from medsa_peft.data import PromptSpec, SamFrame
-from medsa_peft.pretrained import default_model_path, prompted_dice, synthetic_shapes
-from medsa_peft.testing import randomize_weights, tiny_sam_config
+from medsa_peft.tiny_sam import default_model_path, randomize_weights, tiny_sam_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_tiny_sam.py"
+
+
+def load_script():
+    """scripts/pretrain_tiny_sam.py as a module: the pre-training and its synthetic shapes."""
+    spec = importlib.util.spec_from_file_location("pretrain_tiny_sam", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+pretraining = load_script()
+synthetic_shapes, prompted_dice = pretraining.synthetic_shapes, pretraining.prompted_dice
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +75,7 @@ def test_synthetic_shapes_are_seeded_and_hold_a_visible_target():
 
 
 def test_pretraining_script_saves_a_loadable_model_with_its_card(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("pretrain_tiny_sam", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script()
     monkeypatch.setattr(script, "model_config", lambda: tiny_sam_config())  # 64 x 64 input: seconds, not minutes
     output = tmp_path / "sam"
     output.mkdir()

@@ -18,7 +18,7 @@ from transformers import SamModel
 import medsa_peft  # noqa: F401
 from medsa_peft.checkpoints import TRAINER_STATE, checkpoint_dirs, latest_checkpoint
 from medsa_peft.losses import DiceBCELoss
-from medsa_peft.testing import LocalHub, tiny_sam_model
+from helpers import LocalHub, tiny_sam_model
 from medsa_peft.training import TrainingArguments, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ from transformers import SamConfig, SamModel
 import medsa_peft  # noqa: F401  (registers MEDSA)
 from medsa_peft import MedSAConfig
 from medsa_peft.tuner.layer import MedSATwoWayLayer, MedSAVisionLayer
-from medsa_peft.testing import randomize_weights
+from medsa_peft.tiny_sam import randomize_weights
 
 SIZE = 64  # tiny_sam_config: 64 px images, 8 x 8 tokens, layer 0 windowed (4 x 4), layer 1 global
 
@@ -293,7 +293,7 @@ def test_medsa_2024_decoder_block_is_one_computation_with_and_without_decoder_ad
     gives SAM's block back."""
     from transformers.models.sam.modeling_sam import SamTwoWayAttentionBlock
 
-    from medsa_peft.testing import tiny_sam_model
+    from helpers import tiny_sam_model
 
     pixels, boxes = images(2), boxes_for(2)
     with torch.no_grad():

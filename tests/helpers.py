@@ -1,8 +1,4 @@
-"""Tiny SAM models with real random weights, for tests, examples and the offline demo.
-
-`SamModel(config)` starts from near-zero weights (`SamVisionConfig.initializer_range` is 1e-10), so
-a freshly built SAM computes almost nothing. `randomize_weights` gives every parameter a real value.
-"""
+"""What the tests share: tiny SAMs with real random weights and adapters, and a local stand-in for the Hub."""
 
 from __future__ import annotations
 
@@ -14,59 +10,9 @@ from types import SimpleNamespace
 
 import torch
 from huggingface_hub import HfApi
-from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEncoderConfig, SamVisionConfig
+from transformers import SamModel
 
-
-def tiny_sam_config(
-    image_size: int = 64,
-    patch_size: int = 8,
-    hidden_size: int = 32,
-    num_layers: int = 2,
-    window_size: int = 4,
-    global_attn_indexes: tuple[int, ...] = (1,),
-    prompt_hidden_size: int = 32,
-) -> SamConfig:
-    """A SamConfig small enough for CPU tests: `image_size / patch_size` tokens per side.
-
-    With the defaults the token grid is 8 x 8, layer 0 attends in 4 x 4 windows and layer 1 globally.
-    """
-    vision = SamVisionConfig(
-        hidden_size=hidden_size,
-        output_channels=prompt_hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=2,
-        image_size=image_size,
-        patch_size=patch_size,
-        window_size=window_size,
-        global_attn_indexes=list(global_attn_indexes),
-        mlp_dim=hidden_size * 2,
-        num_pos_feats=prompt_hidden_size // 2,
-    )
-    prompt = SamPromptEncoderConfig(
-        hidden_size=prompt_hidden_size, image_size=image_size, patch_size=patch_size, mask_input_channels=4
-    )
-    decoder = SamMaskDecoderConfig(
-        hidden_size=prompt_hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        mlp_dim=prompt_hidden_size * 2,
-        iou_head_hidden_dim=prompt_hidden_size,
-    )
-    return SamConfig(
-        vision_config=vision.to_dict(), prompt_encoder_config=prompt.to_dict(), mask_decoder_config=decoder.to_dict()
-    )
-
-
-@torch.no_grad()
-def randomize_weights(model: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch.nn.Module:
-    """Give every parameter a real random value in place: normal(0, std), layer-norm weights near 1."""
-    generator = torch.Generator().manual_seed(seed)
-    for name, param in model.named_parameters():
-        noise = torch.randn(param.shape, generator=generator) * std
-        if "layer_norm" in name and name.endswith("weight"):
-            noise = noise + 1.0
-        param.copy_(noise.to(param.dtype))
-    return model
+from medsa_peft.tiny_sam import randomize_weights, tiny_sam_config
 
 
 def tiny_sam_model(seed: int = 0, **config_kwargs) -> SamModel:
