@@ -24,8 +24,9 @@ import datasets
 import nibabel as nib
 import numpy as np
 import pyarrow.parquet as pq
-from datasets.table import embed_table_storage
 from PIL import Image
+
+from medsa_peft.compat import embed_table_storage
 
 PIXEL_SPACING = (1.0, 1.0)  # mm per pixel: none of the 2D sets records it
 

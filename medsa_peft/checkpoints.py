@@ -20,6 +20,8 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from safetensors import safe_open
 
+from .compat import prepared_models
+
 TRAINER_STATE = "trainer_state.json"
 MODEL_FILE = "model.safetensors"
 _NAME = re.compile(r"^step-(\d+)$")
@@ -90,7 +92,7 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: str | os.PathLike) -> 
     else:
         with safe_open(checkpoint / MODEL_FILE, framework="pt") as saved:
             saved_names = set(saved.keys())
-        expected = _trainable_names(accelerator._models[0])
+        expected = _trainable_names(prepared_models(accelerator)[0])
         if saved_names != expected:
             raise ValueError(
                 f"{checkpoint / MODEL_FILE} does not hold the weights this run trains "

@@ -11,11 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.sam.modeling_sam import SamTwoWayAttentionBlock, SamVisionLayer
 
+from ..compat import BaseTunerLayer, GradientCheckpointingLayer, forward_hooks
 from .adapters import (
     BottleneckAdapter,
     HyperPromptAdapter,
@@ -47,11 +46,8 @@ def _run_base_layer_hooks(layer: MedSALayer, args: tuple, kwargs: dict, output: 
     SamTwoWayAttentionBlock modules (`_can_record_outputs`), installed on the blocks before or after wrapping.
     """
     base = layer.base_layer
-    for hook_id, hook in list(base._forward_hooks.items()):
-        if hook_id in base._forward_hooks_with_kwargs:
-            result = hook(base, args, kwargs, output)
-        else:
-            result = hook(base, args, output)
+    for hook, with_kwargs in forward_hooks(base):
+        result = hook(base, args, kwargs, output) if with_kwargs else hook(base, args, output)
         if result is not None:
             output = result
     return output

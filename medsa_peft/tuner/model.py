@@ -7,10 +7,10 @@ import re
 from typing import Any
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 from transformers.models.sam.modeling_sam import SamTwoWayAttentionBlock, SamVisionLayer
 
+from ..compat import BaseTuner
 from .config import MedSAConfig
 from .layer import NOT_MERGEABLE, MedSALayer, MedSATwoWayLayer, MedSAVisionLayer, use_decoder_block
 

@@ -6,14 +6,13 @@ PEFT's three lookup tables directly. `import medsa_peft` runs this; it must come
 `KeyError: 'MEDSA'`.
 """
 
-from peft import mapping
-
+from ..compat import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from .config import MEDSA_PEFT_TYPE, MedSAConfig
 from .model import MedSAModel
 
 
 def register_medsa() -> None:
     """Make PEFT know the "MEDSA" type (idempotent)."""
-    mapping.PEFT_TYPE_TO_CONFIG_MAPPING[MEDSA_PEFT_TYPE] = MedSAConfig
-    mapping.PEFT_TYPE_TO_TUNER_MAPPING[MEDSA_PEFT_TYPE] = MedSAModel
-    mapping.PEFT_TYPE_TO_PREFIX_MAPPING[MEDSA_PEFT_TYPE] = MedSAModel.prefix
+    PEFT_TYPE_TO_CONFIG_MAPPING[MEDSA_PEFT_TYPE] = MedSAConfig
+    PEFT_TYPE_TO_TUNER_MAPPING[MEDSA_PEFT_TYPE] = MedSAModel
+    PEFT_TYPE_TO_PREFIX_MAPPING[MEDSA_PEFT_TYPE] = MedSAModel.prefix
