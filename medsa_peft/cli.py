@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 
 from .conversion import convert_official_checkpoint
 from .data.preprocess import MODALITIES
-from .inference import DTYPES, PHOTO, Box3D, MedSAPredictor, SlicePrompt
+from .inference.predictor import DTYPES, PHOTO, MedSAPredictor
+from .inference.prompts import Box3D, SlicePrompt
 from .io import PICTURE_SUFFIXES, file_suffix
 
 

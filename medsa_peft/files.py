@@ -1,4 +1,5 @@
-"""Writing files atomically: nothing half-written is ever left under the final name."""
+"""Writing files atomically: nothing half-written is ever left under the final name. Every file the package
+writes goes through `atomic_path` (JSON, PNG, NIfTI, parquet, arrays); folders are staged and renamed whole."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 
 @contextmanager
@@ -32,4 +36,15 @@ def write_json(data, path: str | os.PathLike) -> Path:
     """Write `data` as indented JSON to `path` atomically."""
     with atomic_path(path) as temporary:
         temporary.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")
+    return Path(path)
+
+
+def write_png(picture: np.ndarray | Image.Image, path: str | os.PathLike) -> Path:
+    """Write a picture, a PIL image or a uint8 (H, W) / (H, W, 3) array, to `path` as PNG, atomically."""
+    if Path(path).suffix.lower() != ".png":
+        raise ValueError(f"{path}: this writes PNG files; give a path ending in .png")
+    if not isinstance(picture, Image.Image):
+        picture = Image.fromarray(np.asarray(picture, np.uint8))
+    with atomic_path(path, suffix=".png") as temporary:
+        picture.save(temporary, format="PNG")
     return Path(path)

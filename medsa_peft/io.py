@@ -14,25 +14,27 @@ grey or (H, W, 3) colour.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 from PIL import Image
 
-from .files import atomic_path
+from .files import atomic_path, write_png
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
-_GREY_PICTURE_MODES = ("1", "L", "I", "I;16", "F")
+GREY_PICTURE_MODES = ("1", "L", "I", "I;16", "F")
 # DICOM Modality (0008,0060) values that name an intensity normalisation of the data layer.
 _DICOM_MODALITIES = {"CT": "ct", "MR": "mri"}
 # LPS (DICOM, ITK) to RAS (NIfTI, nibabel) world coordinates.
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+_IDENTITY_ORIENTATION = np.array([[0, 1], [1, 1], [2, 1]])
 
 
 class UnsupportedFileError(ValueError):
@@ -172,31 +174,13 @@ def _read_picture(path: Path) -> MedicalImage:
     try:
         with Image.open(path) as picture:
             picture.load()
-            mode_ok = picture.mode in _GREY_PICTURE_MODES
+            mode_ok = picture.mode in GREY_PICTURE_MODES
             array = np.asarray(picture if mode_ok else picture.convert("RGB"))
     except OSError as error:
         raise ImageReadError(f"{path}: cannot read the picture ({error})") from error
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
     return MedicalImage(path, "picture", array, None, (1.0, 1.0))
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call `write(temporary_path)` and move the result to `path` in one step (`files.atomic_path`).
-
-    The temporary file keeps the suffix of `path`, so writers that pick the format from the name (nibabel,
-    Pillow) write the right one. On any error it is removed and `path` is untouched.
-    """
-    with atomic_path(path, suffix=file_suffix(Path(path))) as temporary:
-        write(temporary)
-    return Path(path)
-
-
-def write_png(rgb_or_grey: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write a uint8 (H, W) or (H, W, 3) array as a PNG, atomically."""
-    if Path(path).suffix.lower() != ".png":
-        raise UnsupportedFileError(f"{path}: this writes PNG files; give a path ending in .png")
-    return atomic_write(path, lambda temporary: Image.fromarray(np.asarray(rgb_or_grey, np.uint8)).save(temporary))
 
 
 def write_mask(mask: np.ndarray, reference: MedicalImage, path: str | os.PathLike) -> Path:
@@ -223,4 +207,49 @@ def write_mask(mask: np.ndarray, reference: MedicalImage, path: str | os.PathLik
     image.set_data_dtype(np.uint8)
     image.header.set_slope_inter(1.0, 0.0)
     image.header.set_zooms(reference.spacing)
-    return atomic_write(path, lambda temporary: nib.save(image, temporary))
+    with atomic_path(path, suffix=file_suffix(path)) as temporary:
+        nib.save(image, temporary)
+    return path
+
+
+class Reorientation:
+    """Between a volume's voxel order in its file and the closest canonical (RAS+) order, nibabel's
+    `io_orientation`: arrays both ways, and pixel indices and pixel-edge intervals along each file axis. The one
+    reorientation of the package: the data layer and the predictor both use it."""
+
+    def __init__(self, affine: np.ndarray | None, shape: tuple[int, int, int]):
+        self.shape = shape
+        self.ornt = _IDENTITY_ORIENTATION if affine is None else io_orientation(affine)
+
+    def to_canonical(self, array: np.ndarray) -> np.ndarray:
+        return apply_orientation(array, self.ornt)
+
+    def to_file(self, array: np.ndarray) -> np.ndarray:
+        return apply_orientation(array, ornt_transform(axcodes2ornt("RAS"), self.ornt))
+
+    def index(self, axis: int, value: float) -> tuple[int, float]:
+        """(canonical axis, coordinate) of a pixel index along file `axis`."""
+        target, direction = self.ornt[axis]
+        return int(target), value if direction > 0 else self.shape[axis] - 1 - value
+
+    def interval(self, axis: int, low: float, high: float) -> tuple[int, float, float]:
+        """(canonical axis, low, high) of the pixel-edge interval [low, high) along file `axis`."""
+        target, direction = self.ornt[axis]
+        size = self.shape[axis]
+        return (int(target), low, high) if direction > 0 else (int(target), size - high, size - low)
+
+    @property
+    def keeps_slice_axis(self) -> bool:
+        return int(self.ornt[2, 0]) == 2
+
+    def edges(self, file_edges: Sequence[tuple[float, float]]) -> dict[int, tuple[float, float]]:
+        """Canonical axis -> (low, high) of pixel-edge intervals given along file axes 0, 1, ..."""
+        mapped = (self.interval(axis, low, high) for axis, (low, high) in enumerate(file_edges))
+        return {target: (low, high) for target, low, high in mapped}
+
+    @property
+    def canonical_shape(self) -> tuple[int, int, int]:
+        shape = [0, 0, 0]
+        for axis, (target, _) in enumerate(self.ornt):
+            shape[int(target)] = self.shape[axis]
+        return tuple(shape)

@@ -25,7 +25,7 @@ from .data import (
 from .data.preprocess import SAM_PIXEL_MEAN, SAM_PIXEL_STD, sam_logits_to_original
 from .data.samples import nearest_present_slices
 from .metrics import MaskScores, mask_scores, summarize
-from .visualize import PREDICTION_COLOUR, TRUTH_COLOUR, overlay
+from .overlay import PREDICTION_COLOUR, TRUTH_COLOUR, overlay
 
 
 SHOWCASE_MIN_SIZE = 384

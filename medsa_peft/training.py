@@ -29,7 +29,7 @@ from .model_card import build_model_card, metrics_table
 from .tuner.fast_paths import compile_sam_layers, use_fused_attention
 from .tiny_sam import default_model_path
 from .scoring import evaluate_model
-from .visualize import save_png
+from .files import write_png
 
 PROMPT_INPUTS = ("input_boxes", "input_points", "input_labels")
 
@@ -277,7 +277,7 @@ def train(args: TrainingArguments) -> dict:
         }
         write_json(metrics, output_dir / "metrics.json")
         if evaluation.overlay is not None:
-            save_png(evaluation.overlay, output_dir / "overlay.png")
+            write_png(evaluation.overlay, output_dir / "overlay.png")
         adapter_dir = output_dir / "adapter"
         accelerator.unwrap_model(model).save_pretrained(adapter_dir, state_dict=state_dict)
         card = build_model_card(

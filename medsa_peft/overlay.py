@@ -1,16 +1,12 @@
-"""Overlay PNGs: masks tinted and outlined over a grey or colour image."""
+"""Overlay pictures: masks tinted and outlined over a grey or colour image, on the slice that shows them best."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-
-from .files import atomic_path
 
 PREDICTION_COLOUR = (255, 64, 32)
 TRUTH_COLOUR = (48, 220, 64)
@@ -33,8 +29,7 @@ def overlay(
     return Image.fromarray(rgb.round().astype(np.uint8))
 
 
-def save_png(picture: Image.Image, path: str | os.PathLike) -> Path:
-    """Write `picture` to `path` as PNG, atomically."""
-    with atomic_path(path, suffix=".png") as temporary:
-        picture.save(temporary, format="PNG")
-    return Path(path)
+def busiest_slice(mask: np.ndarray) -> int:
+    """The index along the last axis of `mask` (H, W, D) with the most foreground; the middle slice if it is empty."""
+    areas = np.asarray(mask).reshape(-1, mask.shape[-1]).sum(axis=0)
+    return int(np.argmax(areas)) if areas.any() else mask.shape[-1] // 2

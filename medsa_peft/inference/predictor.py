@@ -4,11 +4,9 @@
     prediction = predictor.predict_file("ct.nii.gz", Box3D(120, 80, 40, 200, 160, 72), modality="ct")
     prediction.save("seg.nii.gz"); prediction.save_overlay("seg.png")
 
-Prompt coordinates are voxel indices of the input file as `medsa_peft.io` reads it: a slice is
-`array[:, :, z]`, x runs along its columns (axis 1), y along its rows (axis 0). Boxes use pixel edges: the
-box (x0, y0, x1, y1) covers columns x0 <= x < x1 and rows y0 <= y < y1; a point (x, y) is the pixel at
-column x, row y. Volumes are processed in the closest canonical (RAS+) voxel order, the order the data layer
-trains on, and masks come back in the file's order, shape, affine and spacing.
+Prompt coordinates are voxel indices of the input file as `medsa_peft.io` reads it (`inference.prompts`).
+Volumes are processed in the closest canonical (RAS+) voxel order, the order the data layer trains on, and masks
+come back in the file's order, shape, affine and spacing.
 
 A model with the SD-Trans depth adapter sees each volume in chunks of `chunk_depth` consecutive slices that
 overlap by `overlap`; mask logits are averaged where chunks overlap. A model without it runs the prompted
@@ -24,13 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 from peft import PeftConfig, PeftModel
 from tqdm.auto import tqdm
 from transformers import SamModel
 
-from .tuner.config import MEDSA_PEFT_TYPE
-from .data.preprocess import (
+from ..data.preprocess import (
     MODALITIES,
     SamFrame,
     covering_windows,
@@ -39,199 +35,21 @@ from .data.preprocess import (
     normalize_intensity,
     sam_logits_to_original,
 )
-from .io import MedicalImage, read_image, write_mask, write_png
-from .tuner.fast_paths import compile_sam_layers, use_fused_attention
-from .visualize import PREDICTION_COLOUR, overlay
+from ..files import write_png
+from ..io import MedicalImage, Reorientation, read_image, write_mask
+from ..overlay import PREDICTION_COLOUR, busiest_slice, overlay
+from ..tuner.config import MEDSA_PEFT_TYPE
+from ..tuner.fast_paths import compile_sam_layers, use_fused_attention
+from .prompts import Prompt, PromptError, SlicePrompt, canonical_prompts
 
 PHOTO = "photo"  # the modality of a picture that does not say otherwise
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-_IDENTITY_ORIENTATION = np.array([[0, 1], [1, 1], [2, 1]])
-
-
-class PromptError(ValueError):
-    """A prompt that does not fit the image: outside it, the wrong count, or an unusable form."""
 
 
 class AdapterNotFoundError(FileNotFoundError):
     """The adapter folder or Hub repo is missing or incomplete."""
-
-
-@dataclass(frozen=True)
-class SlicePrompt:
-    """The prompt of one slice: a box (x0, y0, x1, y1) and / or points (x, y) with labels (1 object, 0 background).
-
-    Coordinates are pixels of the slice, (x, y) = (column, row); box edges are pixel edges (see module docstring).
-    Labels default to 1 for every point.
-    """
-
-    box: tuple[float, float, float, float] | None = None
-    points: tuple[tuple[float, float], ...] = ()
-    labels: tuple[int, ...] = ()
-
-    def __post_init__(self):
-        points = tuple(tuple(float(value) for value in point) for point in self.points)
-        labels = tuple(int(label) for label in self.labels) if self.labels else (1,) * len(points)
-        object.__setattr__(self, "points", points)
-        object.__setattr__(self, "labels", labels)
-        if self.box is not None:
-            box = tuple(float(value) for value in self.box)
-            if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1]:
-                raise PromptError(f"a box is (x0, y0, x1, y1) with x0 < x1 and y0 < y1, got {self.box}")
-            object.__setattr__(self, "box", box)
-        if self.box is None and not points:
-            raise PromptError("a slice prompt needs a box or at least one point")
-        if any(len(point) != 2 for point in points):
-            raise PromptError(f"points are (x, y) pairs, got {self.points}")
-        if len(labels) != len(points) or any(label not in (0, 1) for label in labels):
-            raise PromptError(
-                f"give one label, 1 (object) or 0 (background), per point; got {self.labels} for {len(points)} points"
-            )
-
-    @property
-    def form(self) -> tuple[bool, int]:
-        """(has a box, number of points): prompts batched together must share it."""
-        return self.box is not None, len(self.points)
-
-    def check_inside(self, height: int, width: int, where: str) -> None:
-        """Raise PromptError unless the box and points lie in a `height` x `width` slice."""
-        if self.box is not None:
-            x0, y0, x1, y1 = self.box
-            if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
-                raise PromptError(f"{where}: box {self.box} lies outside the {width} x {height} (x, y) slice")
-        for x, y in self.points:
-            if not (0 <= x < width and 0 <= y < height):
-                raise PromptError(f"{where}: point ({x:g}, {y:g}) lies outside the {width} x {height} (x, y) slice")
-
-
-@dataclass(frozen=True)
-class Box3D:
-    """A box around an object in a volume, in voxel indices of the file: x along columns (axis 1), y along rows
-    (axis 0), z along slices (axis 2); x1, y1, z1 are far edges. It becomes the box (x0, y0, x1, y1) on every
-    slice z0 <= z < z1; the other slices get no prompt and an empty mask."""
-
-    x0: float
-    y0: float
-    z0: int
-    x1: float
-    y1: float
-    z1: int
-
-    def __post_init__(self):
-        if self.z0 != int(self.z0) or self.z1 != int(self.z1):
-            raise PromptError(f"z0 and z1 of a 3D box are slice indices, got {self.z0:g}, {self.z1:g}")
-        object.__setattr__(self, "z0", int(self.z0))
-        object.__setattr__(self, "z1", int(self.z1))
-        if not (self.x0 < self.x1 and self.y0 < self.y1 and self.z0 < self.z1):
-            raise PromptError(f"a 3D box needs x0 < x1, y0 < y1 and z0 < z1, got {self}")
-
-    def check_inside(self, shape: tuple[int, int, int], where: str) -> None:
-        rows, columns, slices = shape
-        if self.x0 < 0 or self.y0 < 0 or self.z0 < 0 or self.x1 > columns or self.y1 > rows or self.z1 > slices:
-            raise PromptError(
-                f"{where}: 3D box (x0, y0, z0, x1, y1, z1) = ({self.x0:g}, {self.y0:g}, {self.z0}, {self.x1:g}, "
-                f"{self.y1:g}, {self.z1}) lies outside the {columns} x {rows} x {slices} (x, y, z) volume"
-            )
-
-
-Prompt = SlicePrompt | Box3D | Sequence[SlicePrompt | None]
-
-
-def _xy_box(edges: dict[int, tuple[float, float]]) -> tuple[float, float, float, float]:
-    """(x0, y0, x1, y1) from the pixel-edge intervals along rows (axis 0) and columns (axis 1)."""
-    return edges[1][0], edges[0][0], edges[1][1], edges[0][1]
-
-
-class _Reorientation:
-    """Between a volume's voxel order in its file and the closest canonical (RAS+) order, for arrays and prompts."""
-
-    def __init__(self, affine: np.ndarray | None, shape: tuple[int, int, int]):
-        self.shape = shape
-        self.ornt = _IDENTITY_ORIENTATION if affine is None else io_orientation(affine)
-
-    def to_canonical(self, array: np.ndarray) -> np.ndarray:
-        return apply_orientation(array, self.ornt)
-
-    def to_file(self, array: np.ndarray) -> np.ndarray:
-        return apply_orientation(array, ornt_transform(axcodes2ornt("RAS"), self.ornt))
-
-    def index(self, axis: int, value: float) -> tuple[int, float]:
-        """(canonical axis, coordinate) of a pixel index along file `axis`."""
-        target, direction = self.ornt[axis]
-        return int(target), value if direction > 0 else self.shape[axis] - 1 - value
-
-    def interval(self, axis: int, low: float, high: float) -> tuple[int, float, float]:
-        """(canonical axis, low, high) of the pixel-edge interval [low, high) along file `axis`."""
-        target, direction = self.ornt[axis]
-        size = self.shape[axis]
-        return (int(target), low, high) if direction > 0 else (int(target), size - high, size - low)
-
-    @property
-    def keeps_slice_axis(self) -> bool:
-        return int(self.ornt[2, 0]) == 2
-
-    def edges(self, file_edges: Sequence[tuple[float, float]]) -> dict[int, tuple[float, float]]:
-        """Canonical axis -> (low, high) of pixel-edge intervals given along file axes 0, 1, ..."""
-        mapped = (self.interval(axis, low, high) for axis, (low, high) in enumerate(file_edges))
-        return {target: (low, high) for target, low, high in mapped}
-
-    def slice_prompt(self, prompt: SlicePrompt) -> SlicePrompt:
-        """An in-plane prompt of a file slice on the matching canonical slice (needs `keeps_slice_axis`)."""
-        box = None
-        if prompt.box is not None:
-            x0, y0, x1, y1 = prompt.box
-            box = _xy_box(self.edges([(y0, y1), (x0, x1)]))
-        points = []
-        for x, y in prompt.points:
-            coordinates = dict((self.index(0, y), self.index(1, x)))
-            points.append((coordinates[1], coordinates[0]))
-        return SlicePrompt(box, tuple(points), prompt.labels)
-
-    def box_prompts(self, box: Box3D) -> list[SlicePrompt | None]:
-        """One prompt per canonical slice: the 3D box's 2D box inside its slice range, None elsewhere."""
-        edges = self.edges([(box.y0, box.y1), (box.x0, box.x1), (box.z0, box.z1)])
-        in_plane = SlicePrompt(box=_xy_box(edges))
-        slice_range = range(int(edges[2][0]), int(edges[2][1]))
-        return [in_plane if index in slice_range else None for index in range(self.canonical_shape[2])]
-
-    @property
-    def canonical_shape(self) -> tuple[int, int, int]:
-        shape = [0, 0, 0]
-        for axis, (target, _) in enumerate(self.ornt):
-            shape[int(target)] = self.shape[axis]
-        return tuple(shape)
-
-
-def _canonical_prompts(prompt: Prompt, reorientation: _Reorientation, where: str) -> list[SlicePrompt | None]:
-    """The prompt of every canonical slice, from a prompt given in the file's voxel order (validated there)."""
-    rows, columns, slices = reorientation.shape
-    if isinstance(prompt, SlicePrompt):
-        prompt.check_inside(rows, columns, where)
-        if not prompt.points:  # the same box on every slice is a 3D box through the whole volume
-            x0, y0, x1, y1 = prompt.box
-            prompt = Box3D(x0, y0, 0, x1, y1, slices)
-        else:
-            prompt = [prompt] * slices
-    if isinstance(prompt, Box3D):
-        prompt.check_inside(reorientation.shape, where)
-        return reorientation.box_prompts(prompt)
-    prompts = list(prompt)
-    if len(prompts) != slices:
-        raise PromptError(f"{where}: {len(prompts)} slice prompts for {slices} slices; give one (or None) per slice")
-    for index, slice_prompt in enumerate(prompts):
-        if slice_prompt is not None:
-            slice_prompt.check_inside(rows, columns, f"{where}, slice {index}")
-    if not reorientation.keeps_slice_axis:
-        raise PromptError(
-            f"{where}: its slices (axis 2) are not axial, and the model segments axial slices of the canonical "
-            "(RAS+) orientation; per-slice prompts and points cannot follow them there. Give a box or a 3D box."
-        )
-    canonical: list[SlicePrompt | None] = [None] * slices
-    for index, slice_prompt in enumerate(prompts):
-        if slice_prompt is not None:
-            canonical[int(reorientation.index(2, index)[1])] = reorientation.slice_prompt(slice_prompt)
-    return canonical
 
 
 def _normalise(image: MedicalImage, modality: str | None) -> np.ndarray:
@@ -273,10 +91,9 @@ class Prediction:
         right on the left)."""
         picture, mask = self.normalized, self.mask
         if self.image.is_volume:
-            reorientation = _Reorientation(self.image.affine, self.image.spatial_shape)
+            reorientation = Reorientation(self.image.affine, self.image.spatial_shape)
             picture, mask = reorientation.to_canonical(picture), reorientation.to_canonical(mask)
-            areas = mask.sum(axis=(0, 1))
-            index = int(np.argmax(areas)) if areas.any() else mask.shape[2] // 2
+            index = busiest_slice(mask)
             # canonical slice rows run to the right, columns to anterior: flip both and transpose for display
             picture, mask = picture[::-1, ::-1, index].T, mask[::-1, ::-1, index].T
         return np.asarray(overlay(picture, [(mask, PREDICTION_COLOUR)]))
@@ -410,8 +227,8 @@ class MedSAPredictor:
         """
         normalized = _normalise(image, modality)
         volume = normalized if image.is_volume else normalized[:, :, None]
-        reorientation = _Reorientation(image.affine, volume.shape[:3])
-        prompts = _canonical_prompts(prompt, reorientation, str(image.path))
+        reorientation = Reorientation(image.affine, volume.shape[:3])
+        prompts = canonical_prompts(prompt, reorientation, str(image.path))
         slices = np.moveaxis(reorientation.to_canonical(volume), 2, 0)
         logits = self.predict_logits(slices, prompts, description=image.path.name)
         mask = reorientation.to_file(np.moveaxis(logits.numpy() > 0, 0, 2))

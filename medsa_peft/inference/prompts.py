@@ -1,0 +1,158 @@
+"""Prompts a user gives for a picture or a volume: a box and / or points per slice, or one box through a volume,
+in voxel indices of the file (`SlicePrompt`, `Box3D`), and their translation to the canonical (RAS+) slices the
+model segments (`canonical_prompts`).
+
+Coordinates: a slice is `array[:, :, z]`; x runs along its columns (axis 1), y along its rows (axis 0). Boxes use
+pixel edges: (x0, y0, x1, y1) covers columns x0 <= x < x1 and rows y0 <= y < y1; a point (x, y) is the pixel at
+column x, row y.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..io import Reorientation
+
+__all__ = ["Box3D", "Prompt", "PromptError", "SlicePrompt", "canonical_prompts"]
+
+
+class PromptError(ValueError):
+    """A prompt that does not fit the image: outside it, the wrong count, or an unusable form."""
+
+
+@dataclass(frozen=True)
+class SlicePrompt:
+    """The prompt of one slice: a box (x0, y0, x1, y1) and / or points (x, y) with labels (1 object, 0 background).
+
+    Coordinates are pixels of the slice, (x, y) = (column, row); box edges are pixel edges (see module docstring).
+    Labels default to 1 for every point.
+    """
+
+    box: tuple[float, float, float, float] | None = None
+    points: tuple[tuple[float, float], ...] = ()
+    labels: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        points = tuple(tuple(float(value) for value in point) for point in self.points)
+        labels = tuple(int(label) for label in self.labels) if self.labels else (1,) * len(points)
+        object.__setattr__(self, "points", points)
+        object.__setattr__(self, "labels", labels)
+        if self.box is not None:
+            box = tuple(float(value) for value in self.box)
+            if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1]:
+                raise PromptError(f"a box is (x0, y0, x1, y1) with x0 < x1 and y0 < y1, got {self.box}")
+            object.__setattr__(self, "box", box)
+        if self.box is None and not points:
+            raise PromptError("a slice prompt needs a box or at least one point")
+        if any(len(point) != 2 for point in points):
+            raise PromptError(f"points are (x, y) pairs, got {self.points}")
+        if len(labels) != len(points) or any(label not in (0, 1) for label in labels):
+            raise PromptError(
+                f"give one label, 1 (object) or 0 (background), per point; got {self.labels} for {len(points)} points"
+            )
+
+    @property
+    def form(self) -> tuple[bool, int]:
+        """(has a box, number of points): prompts batched together must share it."""
+        return self.box is not None, len(self.points)
+
+    def check_inside(self, height: int, width: int, where: str) -> None:
+        """Raise PromptError unless the box and points lie in a `height` x `width` slice."""
+        if self.box is not None:
+            x0, y0, x1, y1 = self.box
+            if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+                raise PromptError(f"{where}: box {self.box} lies outside the {width} x {height} (x, y) slice")
+        for x, y in self.points:
+            if not (0 <= x < width and 0 <= y < height):
+                raise PromptError(f"{where}: point ({x:g}, {y:g}) lies outside the {width} x {height} (x, y) slice")
+
+
+@dataclass(frozen=True)
+class Box3D:
+    """A box around an object in a volume, in voxel indices of the file: x along columns (axis 1), y along rows
+    (axis 0), z along slices (axis 2); x1, y1, z1 are far edges. It becomes the box (x0, y0, x1, y1) on every
+    slice z0 <= z < z1; the other slices get no prompt and an empty mask."""
+
+    x0: float
+    y0: float
+    z0: int
+    x1: float
+    y1: float
+    z1: int
+
+    def __post_init__(self):
+        if self.z0 != int(self.z0) or self.z1 != int(self.z1):
+            raise PromptError(f"z0 and z1 of a 3D box are slice indices, got {self.z0:g}, {self.z1:g}")
+        object.__setattr__(self, "z0", int(self.z0))
+        object.__setattr__(self, "z1", int(self.z1))
+        if not (self.x0 < self.x1 and self.y0 < self.y1 and self.z0 < self.z1):
+            raise PromptError(f"a 3D box needs x0 < x1, y0 < y1 and z0 < z1, got {self}")
+
+    def check_inside(self, shape: tuple[int, int, int], where: str) -> None:
+        rows, columns, slices = shape
+        if self.x0 < 0 or self.y0 < 0 or self.z0 < 0 or self.x1 > columns or self.y1 > rows or self.z1 > slices:
+            raise PromptError(
+                f"{where}: 3D box (x0, y0, z0, x1, y1, z1) = ({self.x0:g}, {self.y0:g}, {self.z0}, {self.x1:g}, "
+                f"{self.y1:g}, {self.z1}) lies outside the {columns} x {rows} x {slices} (x, y, z) volume"
+            )
+
+
+Prompt = SlicePrompt | Box3D | Sequence[SlicePrompt | None]
+
+
+def _xy_box(edges: dict[int, tuple[float, float]]) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) from the pixel-edge intervals along rows (axis 0) and columns (axis 1)."""
+    return edges[1][0], edges[0][0], edges[1][1], edges[0][1]
+
+
+def _canonical_slice_prompt(reorientation: Reorientation, prompt: SlicePrompt) -> SlicePrompt:
+    """An in-plane prompt of a file slice on the matching canonical slice (needs `keeps_slice_axis`)."""
+    box = None
+    if prompt.box is not None:
+        x0, y0, x1, y1 = prompt.box
+        box = _xy_box(reorientation.edges([(y0, y1), (x0, x1)]))
+    points = []
+    for x, y in prompt.points:
+        coordinates = dict((reorientation.index(0, y), reorientation.index(1, x)))
+        points.append((coordinates[1], coordinates[0]))
+    return SlicePrompt(box, tuple(points), prompt.labels)
+
+
+def _canonical_box_prompts(reorientation: Reorientation, box: Box3D) -> list[SlicePrompt | None]:
+    """One prompt per canonical slice: the 3D box's 2D box inside its slice range, None elsewhere."""
+    edges = reorientation.edges([(box.y0, box.y1), (box.x0, box.x1), (box.z0, box.z1)])
+    in_plane = SlicePrompt(box=_xy_box(edges))
+    slice_range = range(int(edges[2][0]), int(edges[2][1]))
+    return [in_plane if index in slice_range else None for index in range(reorientation.canonical_shape[2])]
+
+
+def canonical_prompts(prompt: Prompt, reorientation: Reorientation, where: str) -> list[SlicePrompt | None]:
+    """The prompt of every canonical slice, from a prompt given in the file's voxel order (validated there)."""
+    rows, columns, slices = reorientation.shape
+    if isinstance(prompt, SlicePrompt):
+        prompt.check_inside(rows, columns, where)
+        if not prompt.points:  # the same box on every slice is a 3D box through the whole volume
+            x0, y0, x1, y1 = prompt.box
+            prompt = Box3D(x0, y0, 0, x1, y1, slices)
+        else:
+            prompt = [prompt] * slices
+    if isinstance(prompt, Box3D):
+        prompt.check_inside(reorientation.shape, where)
+        return _canonical_box_prompts(reorientation, prompt)
+    prompts = list(prompt)
+    if len(prompts) != slices:
+        raise PromptError(f"{where}: {len(prompts)} slice prompts for {slices} slices; give one (or None) per slice")
+    for index, slice_prompt in enumerate(prompts):
+        if slice_prompt is not None:
+            slice_prompt.check_inside(rows, columns, f"{where}, slice {index}")
+    if not reorientation.keeps_slice_axis:
+        raise PromptError(
+            f"{where}: its slices (axis 2) are not axial, and the model segments axial slices of the canonical "
+            "(RAS+) orientation; per-slice prompts and points cannot follow them there. Give a box or a 3D box."
+        )
+    canonical: list[SlicePrompt | None] = [None] * slices
+    for index, slice_prompt in enumerate(prompts):
+        if slice_prompt is not None:
+            canonical[int(reorientation.index(2, index)[1])] = _canonical_slice_prompt(reorientation, slice_prompt)
+    return canonical
