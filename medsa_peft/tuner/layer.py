@@ -96,7 +96,8 @@ class MedSALayer(BaseTunerLayer):
         PEFT keeps adapters in float32 on a bf16 or fp16 SAM (`autocast_adapter_dtype=True`). Under torch.autocast
         the adapter's ops already run in the autocast dtype, so nothing is cast (a cast would only copy activations).
         """
-        if torch.is_autocast_enabled(hidden_states.device.type):
+        device_type = hidden_states.device.type
+        if device_type != "meta" and torch.is_autocast_enabled(device_type):  # meta: no autocast (op counting)
             return adapter(hidden_states, *context)
         dtype = next(adapter.parameters()).dtype
         inputs = (self._cast_input_dtype(tensor, dtype) for tensor in (hidden_states, *context))
