@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from transformers import SamModel, get_cosine_schedule_with_warmup
 from .builders import EMBEDDED_DEFAULT, prepare_dataset
 from .checkpoints import keep_trainable_weights, latest_checkpoint, load_checkpoint, save_checkpoint
 from .tuner.config import MedSAConfig
-from .data import PromptSpec, SamFrame, SamTrainingSamples, collate_sam
+from .data import PromptSpec, SamFrame, SamTrainingSamples, collate_sam, sam_pixel_values
 from .files import write_json
 from .losses import DiceBCELoss
 from .model_card import build_model_card, metrics_table
@@ -32,6 +33,8 @@ from .scoring import evaluate_model
 from .files import write_png
 
 PROMPT_INPUTS = ("input_boxes", "input_points", "input_labels")
+MAX_DEFAULT_WORKERS = 8
+PREFETCH_BATCHES = 4  # per worker
 
 
 @dataclass
@@ -80,7 +83,13 @@ class TrainingArguments:
     report_to: str = field(
         default="auto", metadata={"help": "'tensorboard', 'none' or 'auto' (tensorboard if installed)"}
     )
-    num_workers: int = 0
+    num_workers: int | None = field(
+        default=None,
+        metadata={"help": "DataLoader workers; default: this machine's cores per process, less one, at most 8"},
+    )
+    logging_steps: int = field(
+        default=10, metadata={"help": "read and log the loss, and check it is finite, every N optimiser steps"}
+    )
     seed: int = 0
 
     def __post_init__(self):
@@ -88,6 +97,10 @@ class TrainingArguments:
             raise ValueError(f"--volume_depth must be at least 1, got {self.volume_depth}")
         if self.max_steps < 1:
             raise ValueError(f"--max_steps must be at least 1, got {self.max_steps}")
+        if self.logging_steps < 1:
+            raise ValueError(f"--logging_steps must be at least 1, got {self.logging_steps}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ValueError(f"--num_workers must be at least 0, got {self.num_workers}")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id user/name")
         PromptSpec.parse(self.prompt)  # fail early on a bad prompt
@@ -117,10 +130,77 @@ def _trackers(report_to: str) -> list[str]:
     return [] if report_to == "none" else [report_to]
 
 
-def _loss_is_finite(accelerator: Accelerator, loss: torch.Tensor) -> bool:
-    """Whether the loss is finite on every process (all processes then stop together)."""
-    finite = torch.isfinite(loss.detach()).float().reshape(1)
-    return bool(accelerator.gather(finite).min() > 0)
+def default_num_workers(local_processes: int = 1) -> int:
+    """DataLoader workers per training process: the CPU cores this process may run on, shared by the
+    `local_processes` training processes of the machine, less one for the process itself, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(MAX_DEFAULT_WORKERS, cores // max(1, local_processes) - 1))
+
+
+def train_loader(
+    samples: torch.utils.data.Dataset, batch_size: int, num_workers: int, pin_memory: bool
+) -> torch.utils.data.DataLoader:
+    """The training DataLoader: shuffled `collate_sam` batches; with workers, kept alive across epochs and
+    `PREFETCH_BATCHES` batches ahead each, so loading overlaps the model step; pinned memory for an accelerator
+    (copies to it can then run asynchronously)."""
+    workers = {"persistent_workers": True, "prefetch_factor": PREFETCH_BATCHES} if num_workers else {}
+    return torch.utils.data.DataLoader(
+        samples,
+        batch_size=batch_size,
+        shuffle=True,
+        collate_fn=collate_sam,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        **workers,
+    )
+
+
+def sam_inputs(batch: dict, image_size: int, depth: int | None) -> dict:
+    """SamModel's inputs of a `collate_sam` batch on the device: pixel values framed there, prompts, `depth`."""
+    inputs = {name: batch[name] for name in PROMPT_INPUTS if name in batch}
+    inputs["pixel_values"] = sam_pixel_values(batch["images"], batch["image_sizes"], image_size)
+    if depth is not None:  # a 3D data set at --volume_depth 1 trains slice by slice, as 2D
+        inputs["depth"] = depth
+    return inputs
+
+
+class LossMonitor:
+    """The training loss kept on the device: a running sum for logging and the first non-finite value, so a step
+    never waits for the device. `check` (at logging steps, before checkpoints and evaluations) reads them once
+    and stops every process together when any saw a non-finite loss."""
+
+    def __init__(self, device: torch.device):
+        self.total = torch.zeros((), device=device)
+        self.count = 0
+        self.first_bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.first_bad_loss = torch.zeros((), device=device)
+
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        """Record one micro-batch's loss of optimiser step `step` (0-based), without a host synchronisation."""
+        loss = loss.detach().float()
+        first = ~torch.isfinite(loss) & (self.first_bad_step < 0)
+        self.first_bad_step = torch.where(first, step, self.first_bad_step)
+        self.first_bad_loss = torch.where(first, loss, self.first_bad_loss)
+        self.total += loss
+        self.count += 1
+
+    def check(self, accelerator: Accelerator, step: int) -> None:
+        """Raise FloatingPointError when a process saw a non-finite loss; all processes call it at the same steps."""
+        bad = accelerator.gather(torch.stack([self.first_bad_step.float(), self.first_bad_loss]).reshape(1, 2))
+        bad = bad[bad[:, 0] >= 0]
+        if len(bad):
+            first_step, loss = bad[bad[:, 0].argmin()].tolist()
+            raise FloatingPointError(
+                f"the loss became {loss} at step {int(first_step)}; training stopped at step {step}, before any "
+                "checkpoint or adapter was written after it. Lower --learning_rate or check the data."
+            )
+
+    def mean(self) -> float:
+        """The mean loss since the last call (reads the device), and a fresh sum."""
+        mean = self.total.item() / max(1, self.count)
+        self.total.zero_()
+        self.count = 0
+        return mean
 
 
 def _check_replicas_agree(accelerator: Accelerator, model: torch.nn.Module) -> None:
@@ -148,7 +228,7 @@ def train(args: TrainingArguments) -> dict:
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=_trackers(args.report_to) or None,
         project_dir=args.output_dir,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
     )
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
@@ -172,10 +252,13 @@ def train(args: TrainingArguments) -> dict:
     if args.compile:
         compile_sam_layers(model)
 
-    samples = SamTrainingSamples(data.train, data.classes, data.modality, frame, prompt, args.volume_depth)
-    loader = torch.utils.data.DataLoader(
-        samples, batch_size=args.batch_size, shuffle=True, collate_fn=collate_sam, num_workers=args.num_workers
-    )
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    num_workers = default_num_workers(local_processes) if args.num_workers is None else args.num_workers
+    with accelerator.main_process_first():  # the main process prepares the sample store, the others read it
+        samples = SamTrainingSamples(
+            data.train, data.classes, data.modality, frame, prompt, args.volume_depth, num_proc=num_workers + 1
+        )
+    loader = train_loader(samples, args.batch_size, num_workers, pin_memory=accelerator.device.type != "cpu")
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate, weight_decay=args.weight_decay
     )
@@ -223,23 +306,19 @@ def train(args: TrainingArguments) -> dict:
     # Accelerate also steps at the end of the loader, so a last partial accumulation counts as a step.
     steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
     progress = tqdm(total=args.max_steps, initial=step, desc="training", disable=not accelerator.is_main_process)
+    losses = LossMonitor(accelerator.device)
     model.train()
     while step < args.max_steps:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
         loader.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(loader, done_in_epoch * args.gradient_accumulation_steps)
+        skip = done_in_epoch * args.gradient_accumulation_steps
+        # skip_first_batches makes a new loader, with new workers: only when resuming inside an epoch
+        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         for batch in batches:
             with accelerator.accumulate(model):
-                inputs = {name: batch[name] for name in PROMPT_INPUTS if name in batch}
-                if depth is not None:  # a 3D data set at --volume_depth 1 trains slice by slice, as 2D
-                    inputs["depth"] = depth
-                out = model(pixel_values=batch["pixel_values"], multimask_output=False, **inputs)
+                out = model(**sam_inputs(batch, frame.image_size, depth), multimask_output=False)
                 loss = loss_fn(out.pred_masks[:, 0, 0], batch["labels"])
-                if not _loss_is_finite(accelerator, loss):
-                    raise FloatingPointError(
-                        f"the loss became {loss.item()} at step {step}; training stopped before the optimiser "
-                        "applied it, so no broken weights were saved. Lower --learning_rate or check the data."
-                    )
+                losses.add(loss, step)
                 accelerator.backward(loss)
                 optimizer.step()
                 scheduler.step()
@@ -248,11 +327,16 @@ def train(args: TrainingArguments) -> dict:
                 continue
             step += 1
             progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.4f}")
-            accelerator.log({"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0]}, step=step)
-            if args.eval_every and step % args.eval_every == 0 and step < args.max_steps:
+            evaluating = args.eval_every and step % args.eval_every == 0 and step < args.max_steps
+            saving = args.save_every and step % args.save_every == 0
+            if step % args.logging_steps == 0 or evaluating or saving or step >= args.max_steps:
+                losses.check(accelerator, step)  # before anything is written from these weights
+                mean_loss = losses.mean()
+                progress.set_postfix(loss=f"{mean_loss:.4f}")
+                accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step=step)
+            if evaluating:
                 accelerator.log({f"eval/{k}": v for k, v in evaluate(f"step {step}").summary.items()}, step=step)
-            if args.save_every and step % args.save_every == 0:
+            if saving:
                 save_checkpoint(accelerator, output_dir, {"step": step, "metrics_before": before})
             if step >= args.max_steps:
                 break

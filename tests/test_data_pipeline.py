@@ -23,6 +23,7 @@ from medsa_peft.data import (
     normalize_intensity,
     resized_shape,
     sam_logits_to_original,
+    sam_pixel_values,
 )
 from medsa_peft.data.preprocess import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 from medsa_peft.data.samples import nearest_present_slices
@@ -75,6 +76,13 @@ def mni(tmp_path_factory):
         builder.download_and_prepare()
         builders[name] = builder
     return builders
+
+
+def framed(sample: dict, frame: SamFrame) -> torch.Tensor:
+    """A sample's pixel values as SamModel gets them: (D, 3, S, S) for a volume chunk, (3, S, S) for a picture."""
+    batch = collate_sam([sample])
+    pixel_values = sam_pixel_values(batch["images"], batch["image_sizes"], frame.image_size)
+    return pixel_values if sample["images"].ndim == 4 else pixel_values[0]
 
 
 def framed_slice_index(pixel_values: torch.Tensor) -> np.ndarray:
@@ -294,10 +302,11 @@ def test_3d_samples_are_depth_chunks_that_hold_the_class(ct_split):
     for _ in range(5):
         for index, (_, class_name) in enumerate(samples.items):
             sample = samples[index]
-            assert sample["pixel_values"].shape == (4, 3, 128, 128)
+            assert sample["images"].shape == (4, 1, 20, 30) and sample["images"].dtype == torch.float32
+            assert framed(sample, FINE_FRAME).shape == (4, 3, 128, 128)
             assert sample["input_boxes"].shape == (4, 1, 4)
             assert sample["labels"].shape == (4, 128, 128)
-            chunk = framed_slice_index(sample["pixel_values"])
+            chunk = framed_slice_index(framed(sample, FINE_FRAME))
             np.testing.assert_array_equal(chunk, np.arange(chunk[0], chunk[0] + 4))  # consecutive slices
             starts[class_name].add(int(chunk[0]))
             holds = [bool(sample["labels"][j].any()) for j in range(4)]
@@ -311,7 +320,7 @@ def test_3d_slices_without_the_class_repeat_the_box_of_the_nearest_slice_with_it
     torch.manual_seed(1)
     samples = SamTrainingSamples(ct_split, CT_CLASSES, "ct", FINE_FRAME, PromptSpec.parse("box"), volume_depth=6)
     sample = samples[samples.items.index((0, "organ"))]  # slices 6-11, organ in 9-10
-    np.testing.assert_array_equal(framed_slice_index(sample["pixel_values"]), np.arange(6, 12))
+    np.testing.assert_array_equal(framed_slice_index(framed(sample, FINE_FRAME)), np.arange(6, 12))
     organ_box = frame_coordinates([5.0, 4.0, 20.0, 14.0], (20, 30), 128)  # columns 5-19, rows 4-13
     for box in sample["input_boxes"][:, 0]:
         np.testing.assert_allclose(box.numpy(), organ_box, rtol=1e-6)
@@ -331,24 +340,40 @@ def test_samples_follow_torch_manual_seed(ct_split):
             assert torch.equal(a[name], b[name])
 
 
-def test_decoded_volumes_are_cached(ct_split, monkeypatch):
-    import medsa_peft.data.samples as samples_module
+def test_examples_are_decoded_once_into_the_store_and_samples_read_only_their_chunk(
+    ct_split, tmp_path, monkeypatch
+):
+    import medsa_peft.data.store as store_module
 
     decoded_ids = []
 
-    def counting_decode(example, modality):
+    def counting_decode(example):
         decoded_ids.append(example["id"])
-        return decode_example(example, modality)
+        return decode_image_of(example)
 
-    monkeypatch.setattr(samples_module, "decode_example", counting_decode)
-    samples = SamTrainingSamples(
-        ct_split, CT_CLASSES, "ct", FRAME, PromptSpec.parse("box"), volume_depth=2, cache_size=1
-    )
+    decode_image_of = store_module.decode_image
+    monkeypatch.setattr(store_module, "decode_image", counting_decode)
+    store = tmp_path / "store"
+    samples = SamTrainingSamples(ct_split, CT_CLASSES, "ct", FRAME, PromptSpec.parse("box"), volume_depth=2,
+                                 store_dir=store)
+    assert decoded_ids == ["case0", "case1"]
+    volume = np.load(samples.examples[0].folder / "image.npy", mmap_mode="r")
+    assert volume.dtype == np.int16 and volume.shape == (12, 20, 30)  # whole HU values, slices first
     for _ in range(3):
-        samples[0], samples[1]  # case0: organ, vessels
-    assert decoded_ids == ["case0"]
-    samples[2], samples[0]  # case1 evicts case0 from a cache of one
-    assert decoded_ids == ["case0", "case1", "case0"]
+        for index in range(len(samples)):
+            samples[index]
+    again = SamTrainingSamples(ct_split, CT_CLASSES, "ct", FRAME, PromptSpec.parse("box"), volume_depth=2,
+                               store_dir=store)
+    assert decoded_ids == ["case0", "case1"]  # samples and a second data set over the split decode nothing
+    assert again.items == samples.items
+
+    changed = ct_labels()
+    changed[4:14, 5:20, 9:11] = 0  # the organ removed from case1's label file, rewritten in place
+    nib.save(nib.Nifti1Image(changed, np.diag([0.8, 0.7, 2.5, 1.0])), ct_split[1]["label"].get_filename())
+    renewed = SamTrainingSamples(ct_split, CT_CLASSES, "ct", FRAME, PromptSpec.parse("box"), volume_depth=2,
+                                 store_dir=store)
+    assert decoded_ids == ["case0", "case1", "case1"]
+    assert renewed.items == [(0, "organ"), (0, "vessels"), (1, "vessels")]
 
 
 def test_sample_settings_that_cannot_work_are_refused(ct_split, mni):
@@ -371,7 +396,8 @@ def test_2d_samples_of_the_embedded_default(mni):
     assert len(samples) > len(builder.as_dataset(split="train"))  # most slices hold both tissues
     for index in range(0, len(samples), 7):
         sample = samples[index]
-        assert sample["pixel_values"].shape == (3, 128, 128)
+        assert sample["images"].shape == (1, 99, 117) and sample["images"].dtype == torch.float32
+        assert framed(sample, FINE_FRAME).shape == (3, 128, 128)
         assert sample["input_boxes"].shape == (1, 4)
         assert sample["labels"].shape == (128, 128) and sample["labels"].any()
 
@@ -386,7 +412,9 @@ def test_2d_colour_samples_keep_their_colours(tmp_path):
     )
     samples = SamTrainingSamples(split, {"lesion": (255,)}, "dermoscopy", FRAME, PromptSpec.parse("points:1"))
     sample = samples[0]
-    red, blue = sample["pixel_values"][0, 0, 0], sample["pixel_values"][2, 0, 0]
+    assert sample["images"].shape == (3, 24, 32) and sample["images"].dtype == torch.uint8  # 8 bits, as stored
+    pixel_values = framed(sample, FRAME)
+    red, blue = pixel_values[0, 0, 0], pixel_values[2, 0, 0]
     assert red == pytest.approx(-SAM_PIXEL_MEAN[0] / SAM_PIXEL_STD[0], rel=1e-5)
     assert blue == pytest.approx((1 - SAM_PIXEL_MEAN[2]) / SAM_PIXEL_STD[2], rel=1e-5)
     assert sample["input_points"].shape == (1, 1, 2) and sample["input_labels"].tolist() == [[1]]
@@ -401,16 +429,18 @@ def test_3d_batches_go_volume_by_volume_into_sam(ct_split, sam):
     samples = SamTrainingSamples(ct_split, CT_CLASSES, "ct", FRAME, PromptSpec.parse("points:1+1"), volume_depth=3)
     chunks = [samples[0], samples[3]]
     batch = collate_sam(chunks)
-    assert set(batch) == {"pixel_values", "input_points", "input_labels", "labels", "depth"}
+    assert set(batch) == {"images", "image_sizes", "input_points", "input_labels", "labels", "depth"}
     assert batch["depth"] == 3
-    assert batch["pixel_values"].shape == (6, 3, 64, 64)
+    assert batch["images"].shape == (6, 1, 20, 30) and batch["image_sizes"] == [(20, 30)] * 6
     assert batch["input_points"].shape == (6, 1, 2, 2) and batch["input_labels"].shape == (6, 1, 2)
     assert batch["labels"].shape == (6, 32, 32)
-    for name in ("pixel_values", "input_points", "input_labels", "labels"):
+    for name in ("images", "input_points", "input_labels", "labels"):
         assert torch.equal(batch[name][:3], chunks[0][name]) and torch.equal(batch[name][3:], chunks[1][name])
-    inputs = {name: value for name, value in batch.items() if name not in ("labels", "depth")}
+    pixel_values = sam_pixel_values(batch["images"], batch["image_sizes"], FRAME.image_size)
+    assert torch.equal(pixel_values, torch.cat([framed(chunk, FRAME) for chunk in chunks]))
+    inputs = {name: value for name, value in batch.items() if name.startswith("input_")}
     with torch.no_grad():
-        outputs = sam(**inputs, multimask_output=False)
+        outputs = sam(pixel_values=pixel_values, **inputs, multimask_output=False)
     assert outputs.pred_masks.shape == (6, 1, 1, 32, 32)
     assert outputs.pred_masks[:, 0, 0].shape == batch["labels"].shape
 
@@ -420,10 +450,13 @@ def test_2d_batches_go_into_sam(mni, sam):
     split = builder.as_dataset(split="test")
     samples = SamTrainingSamples(split, builder.config.classes, builder.config.modality, FRAME, PromptSpec.parse("box"))
     batch = collate_sam([samples[0], samples[1], samples[2]])
-    assert set(batch) == {"pixel_values", "input_boxes", "labels"}
-    assert batch["pixel_values"].shape == (3, 3, 64, 64) and batch["input_boxes"].shape == (3, 1, 4)
+    assert set(batch) == {"images", "image_sizes", "input_boxes", "labels"}
+    assert batch["images"].shape == (3, 1, 54, 64)  # 99 x 117 slices stored shrunk to the 64 px frame
+    assert batch["input_boxes"].shape == (3, 1, 4)
+    pixel_values = sam_pixel_values(batch["images"], batch["image_sizes"], FRAME.image_size)
+    assert pixel_values.shape == (3, 3, 64, 64)
     with torch.no_grad():
-        outputs = sam(pixel_values=batch["pixel_values"], input_boxes=batch["input_boxes"], multimask_output=False)
+        outputs = sam(pixel_values=pixel_values, input_boxes=batch["input_boxes"], multimask_output=False)
     assert outputs.pred_masks[:, 0, 0].shape == batch["labels"].shape == (3, 32, 32)
 
 
@@ -485,8 +518,90 @@ def test_samples_load_in_dataloader_workers(ct_split):
     samples = SamTrainingSamples(ct_split, CT_CLASSES, "ct", FRAME, PromptSpec.parse("box"), volume_depth=2)
     loader = torch.utils.data.DataLoader(samples, batch_size=2, num_workers=2, collate_fn=collate_sam)
     batches = list(loader)
-    assert [batch["pixel_values"].shape[0] for batch in batches] == [4, 4]
+    assert [batch["images"].shape[0] for batch in batches] == [4, 4]
     for batch in batches:
         assert batch["depth"] == 2
         per_chunk = batch["labels"].view(2, -1)  # the 2 slices of a chunk are consecutive rows
         assert per_chunk.any(dim=1).all()  # every chunk holds its class
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Store and device framing
+
+
+def test_class_voxels_are_the_flat_indices_of_the_class_in_canonical_order(ct_split, tmp_path):
+    from medsa_peft.data.store import ClassVoxels
+
+    samples = SamTrainingSamples(ct_split, CT_CLASSES, "ct", FRAME, PromptSpec.parse("box"), store_dir=tmp_path)
+    for values in ((1,), (2, 3)):
+        voxels = ClassVoxels(samples.examples[0], values)
+        expected = np.flatnonzero(np.isin(ct_labels(), values))
+        assert len(voxels) == len(expected)
+        assert [voxels[rank] for rank in range(len(voxels))] == expected.tolist()
+    with pytest.raises(IndexError):
+        voxels[len(voxels)]
+
+
+def test_the_store_is_written_atomically_and_an_interrupted_example_is_prepared_again(ct_split, tmp_path):
+    samples = SamTrainingSamples(ct_split, CT_CLASSES, "ct", FRAME, PromptSpec.parse("box"), store_dir=tmp_path)
+    folder = samples.examples[1].folder
+    assert not list(tmp_path.rglob(".*"))  # no temporary file left behind
+    (folder / "meta.json").unlink()  # as if killed before its last file
+    (folder / "image.npy").write_bytes(b"half")
+    again = SamTrainingSamples(ct_split, CT_CLASSES, "ct", FRAME, PromptSpec.parse("box"), store_dir=tmp_path)
+    assert np.load(folder / "image.npy").shape == (12, 20, 30) and again.items == samples.items
+
+
+def test_bad_examples_name_their_file(tmp_path):
+    mismatched = write_volume_split(tmp_path, [("mismatched", slice_coded_ct(), ct_labels()[:, :, :5])])
+    with pytest.raises(ValueError, match=r"mismatched_image\.nii\.gz.*differ in size"):
+        SamTrainingSamples(mismatched, CT_CLASSES, "ct", FRAME, PromptSpec.parse("box"), store_dir=tmp_path)
+    missing = write_volume_split(tmp_path, [("gone", slice_coded_ct(), ct_labels())])
+    (tmp_path / "gone_label.nii.gz").unlink()
+    with pytest.raises(FileNotFoundError, match=r"'gone'.*gone_label\.nii\.gz"):
+        SamTrainingSamples(missing, CT_CLASSES, "ct", FRAME, PromptSpec.parse("box"), store_dir=tmp_path)
+    photos = datasets.Dataset.from_dict(
+        {"id": ["deep"], "image": [np.zeros((8, 8), np.uint16)], "label": [np.zeros((8, 8), np.uint8)],
+         "spacing": [[1.0, 1.0]]},
+        features=image_features(),
+    )
+    with pytest.raises(ValueError, match="'deep'.*must be 8-bit"):
+        SamTrainingSamples(photos, {"lesion": (255,)}, "dermoscopy", FRAME, PromptSpec.parse("box"), store_dir=tmp_path)
+
+
+def test_batches_of_mixed_sizes_and_channels_frame_as_each_picture_alone():
+    rng = np.random.default_rng(0)
+    pictures = [
+        torch.from_numpy(rng.integers(0, 256, (3, 40, 64), dtype=np.uint8)),
+        torch.from_numpy(rng.integers(0, 256, (1, 64, 30), dtype=np.uint8)),  # grey, taller
+        torch.from_numpy(rng.integers(0, 256, (3, 20, 25), dtype=np.uint8)),  # smaller than the frame
+    ]
+    samples = [{"images": picture, "input_boxes": torch.zeros(1, 4), "labels": torch.zeros(32, 32)}
+               for picture in pictures]
+    batch = collate_sam(samples)
+    assert batch["images"].shape == (3, 3, 64, 64) and batch["image_sizes"] == [(40, 64), (64, 30), (20, 25)]
+    assert torch.equal(batch["images"][1, 2, :64, :30], pictures[1][0])  # grey among colour: grey RGB
+    assert not batch["images"][0, :, 40:].any() and not batch["images"][2, :, :, 25:].any()
+    pixel_values = sam_pixel_values(batch["images"], batch["image_sizes"], 64)
+    for picture, framed_alone in zip(pictures, pixel_values):
+        colour = picture.expand(3, -1, -1).permute(1, 2, 0).numpy() / 255.0
+        torch.testing.assert_close(framed_alone, frame_images(colour[None], 64)[0], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="one dtype"):
+        collate_sam([samples[0], {**samples[1], "images": pictures[1].float()}])
+
+
+def test_the_store_prepares_in_several_processes_as_in_one(tmp_path):
+    photos = datasets.Dataset.from_dict(
+        {"id": [f"p{i}" for i in range(3)], "image": [np.full((90, 70, 3), 40 * i, np.uint8) for i in range(3)],
+         "label": [np.pad(np.full((10, 10), 255, np.uint8), ((40, 40), (30, 30))) for _ in range(3)],
+         "spacing": [[1.0, 1.0]] * 3},
+        features=image_features(),
+    )
+    one = SamTrainingSamples(photos, {"lesion": (255,)}, "dermoscopy", FRAME, PromptSpec.parse("box"),
+                             store_dir=tmp_path / "one")
+    two = SamTrainingSamples(photos, {"lesion": (255,)}, "dermoscopy", FRAME, PromptSpec.parse("box"),
+                             store_dir=tmp_path / "two", num_proc=2)
+    assert one.items == two.items
+    for a, b in zip(one.examples, two.examples):
+        assert np.array_equal(a.image(), b.image()) and np.array_equal(a.label(), b.label())
+        assert a.image().shape == (64, 50, 3)  # 90 x 70 shrunk to the 64 px frame

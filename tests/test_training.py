@@ -1,4 +1,5 @@
-"""examples/train.py under Accelerate: learning signal, resume after a kill, two processes, Hub push, NaN stop."""
+"""examples/train.py under Accelerate: learning signal, resume after a kill, two processes, Hub push, NaN stop,
+loader defaults."""
 
 import json
 import os
@@ -19,7 +20,7 @@ import medsa_peft  # noqa: F401
 from medsa_peft.checkpoints import TRAINER_STATE, checkpoint_dirs, latest_checkpoint
 from medsa_peft.losses import DiceBCELoss
 from helpers import LocalHub, tiny_sam_model
-from medsa_peft.training import TrainingArguments, train
+from medsa_peft.training import TrainingArguments, default_num_workers, train, train_loader
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = str(REPO_ROOT / "examples" / "train.py")
@@ -214,6 +215,36 @@ def test_a_non_finite_loss_stops_training_before_anything_is_saved(tiny_sam_dir,
     assert saved and all(".medsa_" in key for key in saved)  # checkpoints hold what trains, not SAM
 
 
+def test_a_non_finite_loss_between_checkpoints_stops_at_the_next_logging_step(
+    tiny_sam_dir, dataset_cache, tmp_path, monkeypatch
+):
+    """The loss stays on the device between logging steps: a NaN is caught there, a few steps later, before
+    anything is written."""
+    calls = {"n": 0}
+    real_forward = DiceBCELoss.forward
+
+    def loss_that_blows_up(self, logits, targets):
+        calls["n"] += 1
+        loss = real_forward(self, logits, targets)
+        return loss * float("inf") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(DiceBCELoss, "forward", loss_that_blows_up)
+    args = quick_training(tiny_sam_dir, dataset_cache, tmp_path, max_steps=8, logging_steps=4, num_workers=0)
+    with pytest.raises(FloatingPointError, match="loss became inf at step 1; training stopped at step 4"):
+        train(args)
+    assert calls["n"] == 4 and not checkpoint_dirs(tmp_path) and not (tmp_path / "adapter").exists()
+
+
+def test_loader_defaults_overlap_loading_with_the_step(monkeypatch):
+    loader = train_loader(list(range(10)), batch_size=2, num_workers=1, pin_memory=True)
+    assert loader.persistent_workers and loader.prefetch_factor == 4 and loader.num_workers == 1 and loader.pin_memory
+    assert not train_loader(list(range(10)), batch_size=2, num_workers=0, pin_memory=False).persistent_workers
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert default_num_workers() == 8 and default_num_workers(local_processes=4) == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert default_num_workers() == 0
+
+
 def test_resuming_with_other_adapter_options_is_refused(tiny_sam_dir, dataset_cache, tmp_path):
     train(quick_training(tiny_sam_dir, dataset_cache, tmp_path, max_steps=1, save_every=1))
     with pytest.raises(ValueError, match="other adapter options"):
@@ -239,3 +270,7 @@ def test_bad_arguments_are_clear_errors():
         TrainingArguments(push_to_hub=True)
     with pytest.raises(ValueError, match="volume_depth"):
         TrainingArguments(volume_depth=0)
+    with pytest.raises(ValueError, match="logging_steps"):
+        TrainingArguments(logging_steps=0)
+    with pytest.raises(ValueError, match="num_workers"):
+        TrainingArguments(num_workers=-1)

@@ -1,20 +1,24 @@
 """From raw intensities to SAM's input frame and back.
 
 SAM sees a square `image_size` x `image_size` (S x S) frame: the slice is resized so that its long side
-is S, zero padded at the bottom and right, and normalised with SAM's pixel mean and std. Its masks come out
-at the mask-decoder resolution s = 4 * (S / patch_size) and are mapped back to the original pixel grid by
-`sam_logits_to_original`, as SAM's own post-processing does.
+is S (bilinear, anti-aliased when it shrinks: the triangle filter of PIL and of SAM's own image processor),
+normalised with SAM's pixel mean and std, and zero padded at the bottom and right. Training samples shrink
+8-bit pictures as 8-bit values, before scaling them (`medsa_peft.data.store`); everything else is resized in
+float32. Its masks come out at the mask-decoder resolution s = 4 * (S / patch_size) and are mapped back to the
+original pixel grid by `sam_logits_to_original`, as SAM's own post-processing does.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.transforms import Resize, ScaleIntensityRange, SpatialPad
-from monai.utils import convert_to_numpy, convert_to_tensor
+from monai.transforms import ScaleIntensityRange
+from monai.utils import convert_to_numpy
 from transformers import SamConfig
 
 SAM_PIXEL_MEAN = (0.485, 0.456, 0.406)
@@ -45,20 +49,34 @@ def _mri_range(image: np.ndarray) -> tuple[float, float]:
     return tuple(float(value) for value in np.percentile(foreground if foreground.size else image, MRI_PERCENTILES))
 
 
-def normalize_intensity(image: np.ndarray, modality: str) -> np.ndarray:
+def intensity_range(image: np.ndarray, modality: str) -> tuple[float, float]:
+    """The raw intensities (low, high) that `normalize_intensity` maps to 0 and 1 for this image or volume."""
+    if modality == "ct":
+        return CT_WINDOW_HU
+    if modality == "mri":
+        return _mri_range(np.asarray(image))
+    if modality in PHOTO_MODALITIES:
+        return (0.0, 255.0)
+    raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+
+
+def normalize_intensity(
+    image: np.ndarray, modality: str, value_range: tuple[float, float] | None = None
+) -> np.ndarray:
     """Scale raw intensities to float32 in [0, 1], the rule chosen by `modality`; the shape is kept.
 
     ct: Hounsfield units windowed to [-175, 250], then scaled. mri: the 0.5th and 99.5th percentiles of the
     non-zero voxels of the whole array (pass one volume) map to 0 and 1, clipped; skull-stripped volumes and
     their edge slices are mostly zero background, which would otherwise pull both percentiles to 0. A
     constant foreground maps to 1 (an all-zero array to 0). fundus, dermoscopy, ultrasound: uint8 photos
-    divided by 255.
+    divided by 255. `value_range`, from `intensity_range` of the whole volume, lets a part of a volume be
+    scaled as the whole would be (MRI percentiles are per volume).
     """
     image = np.asarray(image)
     if modality == "ct":
         scale = ScaleIntensityRange(*CT_WINDOW_HU, b_min=0.0, b_max=1.0, clip=True)
     elif modality == "mri":
-        low, high = _mri_range(image)
+        low, high = _mri_range(image) if value_range is None else value_range
         if high <= low:
             return ((image >= low) & (image != 0)).astype(np.float32)
         scale = ScaleIntensityRange(low, high, b_min=0.0, b_max=1.0, clip=True)
@@ -89,47 +107,124 @@ def covering_windows(first: int, stop: int, size: int, total: int, overlap: int 
     return [range(start, start + size) for start in sorted({min(max(start, 0), total - size) for start in starts})]
 
 
-def _resize_and_pad(stack: torch.Tensor, image_size: int, mode: str) -> torch.Tensor:
-    """(C, H, W) -> (C, S, S): long-side resize with `mode`, then zeros at the bottom and right."""
-    size = resized_shape(tuple(stack.shape[-2:]), image_size)
-    resize = Resize(size, mode=mode, anti_aliasing=mode == "bilinear")
-    padded = SpatialPad((image_size, image_size), method="end")(resize(stack))
-    return convert_to_tensor(padded, track_meta=False)
+def resize_long_side(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """(N, C, H, W) uint8 or float -> (N, C, h, w) of the same dtype, the long side resized to `image_size`.
+
+    Bilinear with torch's anti-aliasing (a triangle filter as wide as the shrink factor, PIL's filter; plain
+    bilinear when enlarging). uint8 images are resized as 8-bit values (rounded), in channels-last order,
+    torch's fast path for them.
+    """
+    size = resized_shape(tuple(images.shape[-2:]), image_size)
+    if size == tuple(images.shape[-2:]):
+        return images
+    if images.dtype == torch.uint8:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return F.interpolate(images, size, mode="bilinear", antialias=True, align_corners=False).contiguous()
+
+
+def _normalise_into(out: torch.Tensor, images: torch.Tensor) -> None:
+    """Write SAM's normalisation of `images` (n, 1 or 3, h, w), in [0, 1], into the top-left of `out` (n, 3, S, S).
+
+    Python scalars, not tensors, carry the mean and std: no host-to-device copy, so no synchronisation.
+    """
+    height, width = images.shape[-2:]
+    for channel, (mean, std) in enumerate(zip(SAM_PIXEL_MEAN, SAM_PIXEL_STD)):
+        source = images[:, 0 if images.shape[1] == 1 else channel]
+        out[:, channel, :height, :width] = (source - mean) / std
+
+
+def sam_pixel_values(
+    images: torch.Tensor, image_sizes: Sequence[Sequence[int]], image_size: int
+) -> torch.Tensor:
+    """Batched images -> SAM pixel values (N, 3, S, S) float32, on the images' device.
+
+    `images` (N, C, H, W) holds image i in its top-left `image_sizes[i]` (h, w) corner: uint8 8-bit values
+    (scaled by 1 / 255 first) or float32 in [0, 1], C = 1 (grey) or 3. Each is resized on its long side to S
+    (`resize_long_side`, in float32), normalised with SAM's mean and std, and zero padded, as `frame_images`
+    does. Meant for the accelerator: workers send compact images (`collate_sam`), the device frames them. Runs
+    of images of one size (the slices of a volume) are framed together.
+    """
+    if images.ndim != 4 or images.shape[1] not in (1, 3) or len(image_sizes) != images.shape[0]:
+        raise ValueError(
+            f"expected images (N, 1 or 3, H, W) and N sizes, got shape {tuple(images.shape)}, {len(image_sizes)} sizes"
+        )
+    out = torch.zeros(images.shape[0], 3, image_size, image_size, dtype=torch.float32, device=images.device)
+    first = 0
+    while first < len(image_sizes):
+        size = tuple(image_sizes[first])
+        stop = first + 1
+        while stop < len(image_sizes) and tuple(image_sizes[stop]) == size:
+            stop += 1
+        stack = images[first:stop, :, : size[0], : size[1]]
+        scaled = stack.float() / 255.0 if stack.dtype == torch.uint8 else stack.float()
+        _normalise_into(out[first:stop], resize_long_side(scaled, image_size))
+        first = stop
+    return out
 
 
 def frame_images(images: np.ndarray | torch.Tensor, image_size: int) -> torch.Tensor:
     """Slices in [0, 1] -> SAM pixel values (N, 3, S, S) float32.
 
-    `images` is (N, H, W) grey (replicated to 3 channels) or (N, H, W, 3) colour. As SAM does, the pixel
-    mean/std normalisation comes before the padding, so the padded border is 0 (the mean colour).
+    `images` is (N, H, W) grey (replicated to 3 channels) or (N, H, W, 3) colour. The padded border is 0 (the mean
+    colour), as SAM's own processor leaves it.
     """
     images = torch.as_tensor(images, dtype=torch.float32)
     if images.ndim == 3:
-        images = images.unsqueeze(1).expand(-1, 3, -1, -1)
+        images = images.unsqueeze(1)
     elif images.ndim == 4 and images.shape[-1] == 3:
         images = images.permute(0, 3, 1, 2)
     else:
         raise ValueError(f"expected slices (N, H, W) or (N, H, W, 3), got shape {tuple(images.shape)}")
-    count, channels, height, width = images.shape
-    mean = torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1)
-    normalised = ((images - mean) / std).reshape(count * channels, height, width)
-    return _resize_and_pad(normalised, image_size, "bilinear").reshape(count, channels, image_size, image_size)
+    out = torch.zeros(images.shape[0], 3, image_size, image_size)
+    _normalise_into(out, resize_long_side(images, image_size))
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _nearest_sources(size: int, output_size: int) -> np.ndarray:
+    """Source index of every output position of a "nearest-exact" resize of one axis from `size` to `output_size`.
+
+    Taken from `F.interpolate` itself on an index ramp in float32, the dtype the masks are resized in.
+    """
+    ramp = torch.arange(size, dtype=torch.float32).view(1, 1, size)
+    sources = F.interpolate(ramp, output_size, mode="nearest-exact")[0, 0].long().numpy()
+    sources.setflags(write=False)  # shared by the cache
+    return sources
+
+
+def _framed_sources(size: int, framed_size: int, image_size: int, output_size: int) -> np.ndarray:
+    """For each of `output_size` positions of one axis of a mask in SAM's frame (resized from `size` to
+    `framed_size`, padded to `image_size`, resized to `output_size`), its source index; `size` in the padding."""
+    sources = np.full(image_size, size)
+    sources[:framed_size] = _nearest_sources(size, framed_size)
+    return sources if output_size == image_size else sources[_nearest_sources(image_size, output_size)]
+
+
+def _framed_masks(masks: np.ndarray | torch.Tensor, image_size: int, output_size: int) -> torch.Tensor:
+    """Binary masks (N, H, W) -> (N, output_size, output_size) bool: nearest-neighbour ("nearest-exact") resize of
+    the long side to `image_size`, zero padding, nearest-neighbour resize to `output_size`, as picked pixels."""
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"expected masks (N, H, W), got shape {masks.shape}")
+    height, width = masks.shape[1:]
+    framed_height, framed_width = resized_shape((height, width), image_size)
+    rows = _framed_sources(height, framed_height, image_size, output_size)
+    cols = _framed_sources(width, framed_width, image_size, output_size)
+    picked = masks[:, np.minimum(rows, height - 1)[:, None], np.minimum(cols, width - 1)[None, :]].astype(bool)
+    picked &= (rows < height)[:, None] & (cols < width)[None, :]
+    return torch.from_numpy(picked)
 
 
 def frame_masks(masks: np.ndarray | torch.Tensor, image_size: int) -> torch.Tensor:
-    """Binary masks (N, H, W) -> (N, S, S) bool in SAM's frame, nearest neighbour."""
-    masks = torch.as_tensor(np.asarray(masks, dtype=np.float32))
-    if masks.ndim != 3:
-        raise ValueError(f"expected masks (N, H, W), got shape {tuple(masks.shape)}")
-    return _resize_and_pad(masks, image_size, "nearest-exact") > 0.5
+    """Binary masks (N, H, W) -> (N, S, S) bool in SAM's frame, nearest neighbour ("nearest-exact")."""
+    return _framed_masks(masks, image_size, image_size)
 
 
 def decoder_targets(masks: np.ndarray | torch.Tensor, frame: SamFrame) -> torch.Tensor:
-    """Binary masks (N, H, W) -> (N, s, s) float32 0/1 on the grid of SAM's `pred_masks`, for the loss."""
-    framed = frame_masks(masks, frame.image_size).float()
-    low_res = Resize((frame.mask_size, frame.mask_size), mode="nearest-exact")(framed)
-    return convert_to_tensor(low_res, track_meta=False)
+    """Binary masks (N, H, W) -> (N, s, s) float32 0/1 on the grid of SAM's `pred_masks`, for the loss: the masks
+    framed by `frame_masks`, then resized to s x s by nearest neighbour ("nearest-exact"), reading only the pixels
+    that survive both resizes."""
+    return _framed_masks(masks, frame.image_size, frame.mask_size).float()
 
 
 def frame_coordinates(coordinates: np.ndarray, original_size: tuple[int, int], image_size: int) -> np.ndarray:

@@ -52,10 +52,18 @@ def _check_count(k: int) -> None:
 
 
 def _sample_pixels(region: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k pixels of `region` as (x, y) points, (k, 2); distinct while the region has k pixels."""
-    rows, cols = np.nonzero(region)
-    chosen = rng.choice(rows.size, size=k, replace=k > rows.size)
-    return np.stack([cols[chosen], rows[chosen]], axis=1).astype(np.float32)
+    """k pixels of `region` as (x, y) points, (k, 2); distinct while the region has k pixels.
+
+    The pixels are drawn by their rank in row-major order, and only the rows that hold a drawn rank are searched,
+    so a large region costs counts per row, not a list of its pixels.
+    """
+    row_counts = np.count_nonzero(region, axis=1)
+    total = int(row_counts.sum())
+    chosen = rng.choice(total, size=k, replace=k > total)
+    ends = np.cumsum(row_counts)
+    rows = np.searchsorted(ends, chosen, side="right")
+    cols = [np.flatnonzero(region[row])[rank - (ends[row] - row_counts[row])] for row, rank in zip(rows, chosen)]
+    return np.stack([np.asarray(cols, dtype=np.int64), rows], axis=1).astype(np.float32)
 
 
 def positive_clicks(mask: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -87,12 +95,12 @@ def negative_clicks(mask: np.ndarray, k: int, rng: np.random.Generator, *, margi
     x0, y0, x1, y1 = bounding_box(mask).astype(int)
     grow_x = max(1, math.ceil(margin * (x1 - x0)))
     grow_y = max(1, math.ceil(margin * (y1 - y0)))
-    surroundings = np.zeros_like(mask)
-    surroundings[max(0, y0 - grow_y) : y1 + grow_y, max(0, x0 - grow_x) : x1 + grow_x] = True
-    surroundings &= ~mask
+    top, left = max(0, y0 - grow_y), max(0, x0 - grow_x)
+    # the grown box holds every candidate; its row-major order is the image's, so ranks draw the same pixels
+    surroundings = ~mask[top : y1 + grow_y, left : x1 + grow_x]
     if k and not surroundings.any():
         raise EmptyMaskError("mask covers the whole image: no background pixel for a negative click")
-    return _sample_pixels(surroundings, k, rng)
+    return _sample_pixels(surroundings, k, rng) + np.array([left, top], dtype=np.float32)
 
 
 def click_prompt(
