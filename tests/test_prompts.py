@@ -11,7 +11,6 @@ from medsa_peft.data.prompts import (
     bounding_box,
     box_iou,
     click_prompt,
-    correction_click,
     jittered_box,
     negative_clicks,
     positive_clicks,
@@ -198,33 +197,3 @@ def test_masks_must_be_boolean_2d():
         positive_clicks(np.ones((4, 4), np.uint8), 1, np.random.default_rng(0))
     with pytest.raises(ValueError, match="boolean array"):
         bounding_box(np.ones((2, 4, 4), bool))
-
-
-def test_correction_click_on_missed_object_is_positive_at_its_centre():
-    truth = np.zeros((32, 32), bool)
-    truth[5:12, 20:27] = True  # a 7x7 square, centre row 8, column 23, missed entirely
-    truth[20:30, 2:12] = True
-    prediction = np.zeros_like(truth)
-    prediction[20:30, 2:12] = True
-    prediction[0, 0] = True  # one false positive pixel: the smaller error
-    point, label = correction_click(prediction, truth, np.random.default_rng(0))
-    assert label == 1
-    np.testing.assert_array_equal(point, [23, 8])
-    assert point.dtype == np.float32
-
-
-def test_correction_click_on_false_positive_is_negative_inside_it():
-    truth = disc(40, 40, (20, 20), 6)
-    prediction = disc(40, 40, (20, 20), 12)  # a ring of false positives around the truth
-    for seed in range(5):
-        point, label = correction_click(prediction, truth, np.random.default_rng(seed))
-        assert label == 0
-        assert pixels_at(prediction & ~truth, point[None]).all()
-
-
-def test_correction_click_needs_an_error():
-    truth = masks()["blob"]
-    with pytest.raises(EmptyMaskError, match="prediction equals truth"):
-        correction_click(truth.copy(), truth, np.random.default_rng(0))
-    with pytest.raises(ValueError, match="differ in shape"):
-        correction_click(truth[:-1], truth, np.random.default_rng(0))

@@ -16,15 +16,17 @@ from .preprocess import (
     sam_logits_to_original,
     sam_pixel_values,
 )
-from .prompt_spec import PromptSpec
 from .prompts import (
     EmptyMaskError,
+    PromptError,
+    PromptSpec,
+    SlicePrompt,
     bounding_box,
     click_prompt,
-    correction_click,
     jittered_box,
     negative_clicks,
     positive_clicks,
+    prompt_tensors,
 )
 from .samples import SamTrainingSamples, collate_sam
 from .store import StoredExample, default_store_dir, prepare_examples
@@ -33,15 +35,16 @@ __all__ = [
     "DecodedExample",
     "EmptyMaskError",
     "EvaluationCase",
+    "PromptError",
     "PromptSpec",
     "SamFrame",
     "SamTrainingSamples",
+    "SlicePrompt",
     "StoredExample",
     "bounding_box",
     "class_mask",
     "click_prompt",
     "collate_sam",
-    "correction_click",
     "covering_windows",
     "decode_example",
     "decode_image",
@@ -59,6 +62,7 @@ __all__ = [
     "normalize_intensity",
     "positive_clicks",
     "prepare_examples",
+    "prompt_tensors",
     "resize_long_side",
     "resized_shape",
     "sam_logits_to_original",

@@ -12,7 +12,7 @@ import torch
 
 from .examples import decode_example
 from .preprocess import SamFrame
-from .prompt_spec import PromptSpec
+from .prompts import PromptSpec
 
 
 @dataclass

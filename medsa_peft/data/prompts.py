@@ -1,4 +1,5 @@
-"""Prompt simulation for SAM: clicks, boxes, jittered boxes and correction clicks from a 2D mask.
+"""Prompts for SAM: simulated from a mask (clicks, boxes, jittered boxes), a recipe for them (`PromptSpec`), one
+slice's prompt in pixels (`SlicePrompt`) and the one conversion of prompts into SamModel inputs (`prompt_tensors`).
 
 Frame. Everything lives in the pixel frame of the (H, W) boolean mask given, with coordinates
 (x, y) = (column, row) as SAM expects them (the authors' code swaps them; we don't).
@@ -15,7 +16,7 @@ Frame. Everything lives in the pixel frame of the (H, W) boolean mask given, wit
 
 Empty regions. A prompt that must come from an empty region raises `EmptyMaskError` (a
 ValueError): k >= 1 positive clicks, a box or a jittered box of an empty mask; k >= 1 negative
-clicks of a mask without background; a correction click where the prediction equals the truth.
+clicks of a mask without background.
 Negative clicks of an empty mask are drawn anywhere in the image.
 
 Points and boxes are float32, labels int64, ready for `torch.from_numpy`.
@@ -24,9 +25,16 @@ Points and boxes are float32, labels int64, ready for `torch.from_numpy`.
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+import torch
 from scipy import ndimage
+
+from .preprocess import frame_coordinates
 
 # Jitter search: the box is moved along a random direction by t box sizes, t on this grid.
 _JITTER_MAX_STEP = 32.0
@@ -208,25 +216,127 @@ def jittered_box(
     )
 
 
-def correction_click(prediction: np.ndarray, truth: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, int]:
-    """The next click of interactive segmentation: point (2,) float32 (x, y) and its label.
+class PromptError(ValueError):
+    """A prompt that does not fit the image: outside it, the wrong count, or an unusable form."""
 
-    The error region with more pixels is chosen, false negatives (truth not predicted: label 1)
-    or false positives (predicted, not truth: label 0); false negatives win ties. The click is
-    the pixel of that region farthest from its boundary (Euclidean distance transform; the
-    image edge counts as boundary), ties broken at random. Raises EmptyMaskError when the
-    prediction equals the truth.
+
+@dataclass(frozen=True)
+class SlicePrompt:
+    """The prompt of one slice: a box (x0, y0, x1, y1) and / or points (x, y) with labels (1 object, 0 background).
+
+    Coordinates are pixels of the slice, (x, y) = (column, row); box edges are pixel edges (see the module docstring).
+    Labels default to 1 for every point.
     """
-    prediction = _check_mask(prediction, "prediction")
-    truth = _check_mask(truth, "truth")
-    if prediction.shape != truth.shape:
-        raise ValueError(f"prediction {prediction.shape} and truth {truth.shape} differ in shape")
-    false_negatives = truth & ~prediction
-    false_positives = prediction & ~truth
-    positive = false_negatives.sum() >= false_positives.sum()
-    region = false_negatives if positive else false_positives
-    if not region.any():
-        raise EmptyMaskError("prediction equals truth: no error region for a correction click")
-    depth = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
-    point = _sample_pixels(depth == depth.max(), 1, rng)[0]
-    return point, int(positive)
+
+    box: tuple[float, float, float, float] | None = None
+    points: tuple[tuple[float, float], ...] = ()
+    labels: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        points = tuple(tuple(float(value) for value in point) for point in self.points)
+        labels = tuple(int(label) for label in self.labels) if self.labels else (1,) * len(points)
+        object.__setattr__(self, "points", points)
+        object.__setattr__(self, "labels", labels)
+        if self.box is not None:
+            box = tuple(float(value) for value in self.box)
+            if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1]:
+                raise PromptError(f"a box is (x0, y0, x1, y1) with x0 < x1 and y0 < y1, got {self.box}")
+            object.__setattr__(self, "box", box)
+        if self.box is None and not points:
+            raise PromptError("a slice prompt needs a box or at least one point")
+        if any(len(point) != 2 for point in points):
+            raise PromptError(f"points are (x, y) pairs, got {self.points}")
+        if len(labels) != len(points) or any(label not in (0, 1) for label in labels):
+            raise PromptError(
+                f"give one label, 1 (object) or 0 (background), per point; got {self.labels} for {len(points)} points"
+            )
+
+    @property
+    def form(self) -> tuple[bool, int]:
+        """(has a box, number of points): prompts batched together must share it."""
+        return self.box is not None, len(self.points)
+
+    def check_inside(self, height: int, width: int, where: str) -> None:
+        """Raise PromptError unless the box and points lie in a `height` x `width` slice."""
+        if self.box is not None:
+            x0, y0, x1, y1 = self.box
+            if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+                raise PromptError(f"{where}: box {self.box} lies outside the {width} x {height} (x, y) slice")
+        for x, y in self.points:
+            if not (0 <= x < width and 0 <= y < height):
+                raise PromptError(f"{where}: point ({x:g}, {y:g}) lies outside the {width} x {height} (x, y) slice")
+
+
+def prompt_tensors(
+    prompts: Sequence[SlicePrompt], original_size: tuple[int, int], image_size: int
+) -> dict[str, torch.Tensor]:
+    """SamModel's prompt inputs for N slice prompts of one form, on (H, W) = `original_size` slices, in SAM's
+    frame of `image_size`: input_boxes (N, 1, 4) float32, input_points (N, 1, k, 2) float32 and input_labels
+    (N, 1, k) int64, as far as the prompts hold boxes and points. Training, evaluation and the predictor all
+    convert prompts here."""
+    tensors = {}
+    if prompts[0].box is not None:
+        boxes = frame_coordinates(np.array([prompt.box for prompt in prompts], np.float32), original_size, image_size)
+        tensors["input_boxes"] = torch.from_numpy(boxes)[:, None]
+    if prompts[0].points:
+        points = np.array([prompt.points for prompt in prompts], np.float32)
+        tensors["input_points"] = torch.from_numpy(frame_coordinates(points, original_size, image_size))[:, None]
+        tensors["input_labels"] = torch.tensor([prompt.labels for prompt in prompts], dtype=torch.int64)[:, None]
+    return tensors
+
+
+_SPEC_PATTERN = re.compile(r"^(?:box(?::(?P<iou>[0-9.]+))?|points:(?P<positive>\d+)(?:\+(?P<negative>\d+))?)$")
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """A prompt recipe: `mode` "box" (exact when `box_iou` is None, else jittered to that IoU with the true
+    box) or "points" (`num_positive` clicks inside the object, `num_negative` outside)."""
+
+    mode: Literal["box", "points"]
+    box_iou: float | None = None
+    num_positive: int = 1
+    num_negative: int = 0
+
+    def __post_init__(self):
+        if self.mode == "box":
+            if self.box_iou is not None and not 0.0 < self.box_iou <= 1.0:
+                raise ValueError(f"box_iou must be in (0, 1], got {self.box_iou}")
+        elif self.mode == "points":
+            if self.num_positive < 1 or self.num_negative < 0:
+                raise ValueError(
+                    f"points need num_positive >= 1 and num_negative >= 0, got {self.num_positive}, {self.num_negative}"
+                )
+        else:
+            raise ValueError(f"prompt mode must be 'box' or 'points', got {self.mode!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> PromptSpec:
+        """Parse "box", "box:0.75", "points:1", "points:3" or "points:1+1" (positive+negative clicks)."""
+        match = _SPEC_PATTERN.match(text.strip())
+        if match is None:
+            raise ValueError(
+                f"cannot parse prompt {text!r}; expected 'box', 'box:IOU', 'points:K' or 'points:K+NEG'"
+            )
+        if match["positive"] is not None:
+            return cls("points", num_positive=int(match["positive"]), num_negative=int(match["negative"] or 0))
+        return cls("box", box_iou=None if match["iou"] is None else float(match["iou"]))
+
+    def __str__(self) -> str:
+        if self.mode == "box":
+            return "box" if self.box_iou is None else f"box:{self.box_iou:g}"
+        return f"points:{self.num_positive}" + (f"+{self.num_negative}" if self.num_negative else "")
+
+    def slice_prompts(self, masks: np.ndarray, rng: np.random.Generator) -> list[SlicePrompt]:
+        """One prompt for each of N non-empty masks (N, H, W), in the masks' pixels."""
+        if self.mode == "box":
+            return [
+                SlicePrompt(box=bounding_box(mask) if self.box_iou is None else jittered_box(mask, self.box_iou, rng))
+                for mask in masks
+            ]
+        clicks = (click_prompt(mask, self.num_positive, self.num_negative, rng) for mask in masks)
+        return [SlicePrompt(points=points.tolist(), labels=labels.tolist()) for points, labels in clicks]
+
+    def sam_prompts(self, masks: np.ndarray, image_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """`slice_prompts` as SamModel inputs in SAM's frame (`prompt_tensors`)."""
+        return prompt_tensors(self.slice_prompts(masks, rng), masks.shape[1:], image_size)

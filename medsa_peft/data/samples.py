@@ -22,7 +22,7 @@ from monai.transforms.utils import generate_label_classes_crop_centers
 
 from .examples import class_mask, is_volume_dataset
 from .preprocess import SamFrame, decoder_targets
-from .prompt_spec import PromptSpec
+from .prompts import PromptSpec
 from .store import ClassVoxels, StoredExample, prepare_examples
 
 _PROMPT_KINDS = ({"input_boxes"}, {"input_points", "input_labels"})

@@ -30,11 +30,11 @@ from ..data.preprocess import (
     MODALITIES,
     SamFrame,
     covering_windows,
-    frame_coordinates,
     frame_images,
     normalize_intensity,
     sam_logits_to_original,
 )
+from ..data.prompts import prompt_tensors
 from ..files import write_png
 from ..io import MedicalImage, Reorientation, read_image, write_mask
 from ..overlay import PREDICTION_COLOUR, busiest_slice, overlay
@@ -302,21 +302,8 @@ class MedSAPredictor:
             [frame_images(slices[chunk.start : chunk.stop], self.frame.image_size) for chunk in batch]
         )
         inputs = {"pixel_values": pixel_values.to(self.device, self.dtype), "multimask_output": False}
-        inputs.update(self._prompt_tensors(prompts, original_size))
+        tensors = prompt_tensors(prompts, original_size, self.frame.image_size)
+        inputs.update({name: tensor.to(self.device) for name, tensor in tensors.items()})
         if self.has_depth:
             inputs["depth"] = len(batch[0])
         return self.model(**inputs).pred_masks[:, 0, 0].float().cpu()
-
-    def _prompt_tensors(self, prompts: list[SlicePrompt], original_size: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """SamModel prompt inputs in SAM's frame: input_boxes (N, 1, 4), input_points (N, 1, k, 2) and
-        input_labels (N, 1, k)."""
-        size = self.frame.image_size
-        tensors = {}
-        if prompts[0].box is not None:
-            boxes = frame_coordinates(np.array([prompt.box for prompt in prompts]), original_size, size)
-            tensors["input_boxes"] = torch.from_numpy(boxes)[:, None]
-        if prompts[0].points:
-            points = frame_coordinates(np.array([prompt.points for prompt in prompts]), original_size, size)
-            tensors["input_points"] = torch.from_numpy(points)[:, None]
-            tensors["input_labels"] = torch.tensor([prompt.labels for prompt in prompts], dtype=torch.int64)[:, None]
-        return {name: tensor.to(self.device) for name, tensor in tensors.items()}

@@ -12,60 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..data.prompts import PromptError, SlicePrompt
 from ..io import Reorientation
 
 __all__ = ["Box3D", "Prompt", "PromptError", "SlicePrompt", "canonical_prompts"]
-
-
-class PromptError(ValueError):
-    """A prompt that does not fit the image: outside it, the wrong count, or an unusable form."""
-
-
-@dataclass(frozen=True)
-class SlicePrompt:
-    """The prompt of one slice: a box (x0, y0, x1, y1) and / or points (x, y) with labels (1 object, 0 background).
-
-    Coordinates are pixels of the slice, (x, y) = (column, row); box edges are pixel edges (see module docstring).
-    Labels default to 1 for every point.
-    """
-
-    box: tuple[float, float, float, float] | None = None
-    points: tuple[tuple[float, float], ...] = ()
-    labels: tuple[int, ...] = ()
-
-    def __post_init__(self):
-        points = tuple(tuple(float(value) for value in point) for point in self.points)
-        labels = tuple(int(label) for label in self.labels) if self.labels else (1,) * len(points)
-        object.__setattr__(self, "points", points)
-        object.__setattr__(self, "labels", labels)
-        if self.box is not None:
-            box = tuple(float(value) for value in self.box)
-            if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1]:
-                raise PromptError(f"a box is (x0, y0, x1, y1) with x0 < x1 and y0 < y1, got {self.box}")
-            object.__setattr__(self, "box", box)
-        if self.box is None and not points:
-            raise PromptError("a slice prompt needs a box or at least one point")
-        if any(len(point) != 2 for point in points):
-            raise PromptError(f"points are (x, y) pairs, got {self.points}")
-        if len(labels) != len(points) or any(label not in (0, 1) for label in labels):
-            raise PromptError(
-                f"give one label, 1 (object) or 0 (background), per point; got {self.labels} for {len(points)} points"
-            )
-
-    @property
-    def form(self) -> tuple[bool, int]:
-        """(has a box, number of points): prompts batched together must share it."""
-        return self.box is not None, len(self.points)
-
-    def check_inside(self, height: int, width: int, where: str) -> None:
-        """Raise PromptError unless the box and points lie in a `height` x `width` slice."""
-        if self.box is not None:
-            x0, y0, x1, y1 = self.box
-            if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
-                raise PromptError(f"{where}: box {self.box} lies outside the {width} x {height} (x, y) slice")
-        for x, y in self.points:
-            if not (0 <= x < width and 0 <= y < height):
-                raise PromptError(f"{where}: point ({x:g}, {y:g}) lies outside the {width} x {height} (x, y) slice")
 
 
 @dataclass(frozen=True)
