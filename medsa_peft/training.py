@@ -29,7 +29,7 @@ from .losses import DiceBCELoss
 from .model_card import build_model_card, metrics_table
 from .tuner.fast_paths import compile_sam_layers, use_fused_attention
 from .tiny_sam import default_model_path
-from .scoring import evaluate_model
+from .evaluation.scoring import evaluate_model
 from .files import write_png
 
 PROMPT_INPUTS = ("input_boxes", "input_points", "input_labels")

@@ -35,7 +35,7 @@ from scipy import ndimage
 from medsa_peft.data import PromptSpec, SamFrame, bounding_box, decoder_targets, frame_images
 from medsa_peft.data.preprocess import sam_logits_to_original
 from medsa_peft.losses import DiceBCELoss
-from medsa_peft.metrics import dice
+from medsa_peft.evaluation.metrics import dice
 from medsa_peft.tiny_sam import default_model_path, tiny_sam_config
 
 EVALUATION_PROMPTS = ("box", "box:0.75", "points:1", "points:3", "points:1+1")

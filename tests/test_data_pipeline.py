@@ -16,7 +16,6 @@ from medsa_peft.data import (
     covering_windows,
     decode_example,
     decoder_targets,
-    evaluation_cases,
     frame_coordinates,
     frame_images,
     frame_masks,
@@ -25,6 +24,7 @@ from medsa_peft.data import (
     sam_logits_to_original,
     sam_pixel_values,
 )
+from medsa_peft.evaluation import evaluation_cases
 from medsa_peft.data.preprocess import SAM_PIXEL_MEAN, SAM_PIXEL_STD
 from medsa_peft.data.samples import nearest_present_slices
 
@@ -479,38 +479,41 @@ def test_batches_mixing_prompt_kinds_or_dimensions_are_refused(ct_split, mni):
 # Evaluation
 
 
+def prompted_slices(case) -> list[int]:
+    return [index for index, prompt in enumerate(case.prompts) if prompt is not None]
+
+
 def test_evaluation_cases_of_a_volume(ct_split):
-    cases = list(evaluation_cases(ct_split, CT_CLASSES, "ct", FRAME, PromptSpec.parse("box:0.75"), seed=0))
+    cases = list(evaluation_cases(ct_split, CT_CLASSES, "ct", PromptSpec.parse("box:0.75"), seed=0))
     assert [(case.id, case.class_name) for case in cases] == [
         ("case0", "organ"), ("case0", "vessels"), ("case1", "organ"), ("case1", "vessels")
     ]
     organ, vessels = cases[:2]
-    assert organ.pixel_values is vessels.pixel_values  # framed once per example
-    assert organ.pixel_values.shape == (12, 3, 64, 64)
-    np.testing.assert_array_equal(framed_slice_index(organ.pixel_values), np.arange(12))
-    assert organ.prompt_slices.tolist() == [9, 10] and vessels.prompt_slices.tolist() == [2, 3, 4, 5, 6]
-    assert organ.prompts["input_boxes"].shape == (2, 1, 4) and vessels.prompts["input_boxes"].shape == (5, 1, 4)
+    assert organ.slices is vessels.slices  # decoded once per example
+    assert organ.slices.shape == (12, 20, 30) and 0 <= organ.slices.min() and organ.slices.max() <= 1
+    assert prompted_slices(organ) == [9, 10] and prompted_slices(vessels) == [2, 3, 4, 5, 6]
+    assert all(organ.prompts[index].box is not None for index in prompted_slices(organ))
     np.testing.assert_array_equal(organ.truth, ct_labels() == 1)
     np.testing.assert_array_equal(vessels.truth, np.isin(ct_labels(), (2, 3)))
-    assert organ.spacing == pytest.approx((0.8, 0.7, 2.5)) and organ.original_size == (20, 30)
-    again = list(evaluation_cases(ct_split, CT_CLASSES, "ct", FRAME, PromptSpec.parse("box:0.75"), seed=0))
-    assert all(torch.equal(a.prompts["input_boxes"], b.prompts["input_boxes"]) for a, b in zip(cases, again))
+    assert organ.spacing == pytest.approx((0.8, 0.7, 2.5))
+    again = list(evaluation_cases(ct_split, CT_CLASSES, "ct", PromptSpec.parse("box:0.75"), seed=0))
+    assert [case.prompts for case in cases] == [case.prompts for case in again]
 
 
 def test_evaluation_cases_of_the_embedded_default(mni):
     builder = mni["3d"]
     test_split = builder.as_dataset(split="test")
-    cases = list(evaluation_cases(test_split, builder.config.classes, "mri", FRAME, PromptSpec.parse("points:1")))
+    cases = list(evaluation_cases(test_split, builder.config.classes, "mri", PromptSpec.parse("points:1")))
     assert len(cases) == 2 * len(test_split)  # every slab holds both tissues
     for case in cases:
-        assert case.pixel_values.shape == (8, 3, 64, 64) and case.truth.shape == (99, 117, 8)
-        assert case.prompts["input_points"].shape == (len(case.prompt_slices), 1, 1, 2)
-        assert case.prompt_slices.tolist() == np.flatnonzero(case.truth.any(axis=(0, 1))).tolist()
+        assert case.slices.shape == (8, 99, 117) and case.truth.shape == (99, 117, 8)
+        assert prompted_slices(case) == np.flatnonzero(case.truth.any(axis=(0, 1))).tolist()
+        assert all(len(case.prompts[index].points) == 1 for index in prompted_slices(case))
         assert case.spacing == (2.0, 2.0, 2.0)
     images = mni["2d"].as_dataset(split="test")
-    first = next(evaluation_cases(images, builder.config.classes, "mri", FRAME, PromptSpec.parse("box")))
-    assert first.pixel_values.shape == (1, 3, 64, 64) and first.truth.shape == (99, 117, 1)
-    assert first.prompt_slices.tolist() == [0] and first.spacing == (2.0, 2.0, 1.0)
+    first = next(evaluation_cases(images, builder.config.classes, "mri", PromptSpec.parse("box")))
+    assert first.slices.shape == (1, 99, 117) and first.truth.shape == (99, 117, 1)
+    assert prompted_slices(first) == [0] and first.spacing == (2.0, 2.0, 1.0)
 
 
 def test_samples_load_in_dataloader_workers(ct_split):

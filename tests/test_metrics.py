@@ -8,7 +8,7 @@ import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric, MeanIoU
 from scipy import ndimage
 
-from medsa_peft.metrics import (
+from medsa_peft.evaluation.metrics import (
     MaskScores,
     SegmentationMetrics,
     dice,

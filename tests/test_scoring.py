@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from medsa_peft.data import PromptSpec, SamFrame
-from medsa_peft.metrics import dice, hd95
-from medsa_peft.scoring import evaluate_model
+from medsa_peft.evaluation.metrics import dice, hd95
+from medsa_peft.evaluation.scoring import evaluate_model
 
 # mask grid = image frame and slices 32 x 64: the frame maps 1:1 onto the original pixels, no resampling
 FRAME = SamFrame(image_size=64, mask_size=64)

@@ -1,6 +1,5 @@
-"""Data layer: SAM framing, prompts, training samples and evaluation cases over `datasets` builders."""
+"""Data layer: decoding examples, SAM framing, prompts and training samples over `datasets` builders."""
 
-from .evaluation import EvaluationCase, evaluation_cases
 from .examples import DecodedExample, class_mask, decode_example, decode_image, decode_label, is_volume_dataset
 from .preprocess import (
     SamFrame,
@@ -34,7 +33,6 @@ from .store import StoredExample, default_store_dir, prepare_examples
 __all__ = [
     "DecodedExample",
     "EmptyMaskError",
-    "EvaluationCase",
     "PromptError",
     "PromptSpec",
     "SamFrame",
@@ -51,7 +49,6 @@ __all__ = [
     "decode_label",
     "decoder_targets",
     "default_store_dir",
-    "evaluation_cases",
     "frame_coordinates",
     "frame_images",
     "frame_masks",

@@ -164,7 +164,9 @@ class MedSAPredictor:
     """Segment pictures and volumes with SAM + a Med-SA adapter.
 
     Args:
-        model: a PeftModel of SamModel with a Med-SA adapter active (see `load_medsa_model`).
+        model: a PeftModel of SamModel with a Med-SA adapter active (see `load_medsa_model`); or any module called
+            like SamModel (training evaluates its prepared, possibly wrapped model) with `frame` and
+            `depth_adapter` given.
         chunk_depth: slices per forward pass of a model with the depth adapter (the SD-Trans depth D).
         overlap: slices shared by consecutive chunks; their mask logits are averaged.
         batch_size: slices per forward pass (whole chunks of a depth model: at least one chunk).
@@ -173,27 +175,36 @@ class MedSAPredictor:
         fused_attention: SAM's spatial attention without its (HW x HW) bias (`tuner.fast_paths.use_fused_attention`),
             the same function up to rounding; faster and leaner on GPUs.
         progress: show a tqdm bar over the forward passes.
+        frame: SAM's input frame; by default read from the PeftModel's SamModel config.
+        depth_adapter: whether the model takes `depth`; by default the active adapter's `depth_adapter`.
     """
 
     def __init__(
         self,
-        model: PeftModel,
+        model: torch.nn.Module,
         chunk_depth: int = 8,
         overlap: int = 2,
         batch_size: int = 8,
         compile: bool = False,
         fused_attention: bool = False,
         progress: bool = True,
+        frame: SamFrame | None = None,
+        depth_adapter: bool | None = None,
     ):
-        if not isinstance(model, PeftModel) or model.active_peft_config.peft_type != MEDSA_PEFT_TYPE:
-            raise ValueError("MedSAPredictor needs a PeftModel with an active Med-SA adapter (see load_medsa_model)")
+        if isinstance(model, PeftModel) and model.active_peft_config.peft_type == MEDSA_PEFT_TYPE:
+            frame = frame or SamFrame.from_config(model.get_base_model().config)
+            depth_adapter = bool(model.active_peft_config.depth_adapter) if depth_adapter is None else depth_adapter
+        elif frame is None or depth_adapter is None:
+            raise ValueError(
+                "MedSAPredictor needs a PeftModel with an active Med-SA adapter (see load_medsa_model), or the "
+                "`frame` and `depth_adapter` of another module called like SamModel"
+            )
         if chunk_depth < 1 or not 0 <= overlap < chunk_depth:
             raise ValueError(f"need chunk_depth >= 1 and 0 <= overlap < chunk_depth, got {chunk_depth}, {overlap}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model = model.eval()
-        self.frame = SamFrame.from_config(model.get_base_model().config)
-        self.has_depth = bool(model.active_peft_config.depth_adapter)
+        self.frame, self.has_depth = frame, depth_adapter
         self.chunk_depth, self.overlap, self.batch_size, self.progress = chunk_depth, overlap, batch_size, progress
         if fused_attention:
             use_fused_attention(model)

@@ -221,7 +221,7 @@ Args:
     return_per_volume (bool, passed to `compute`): add "per_volume", one {"<metric>/<class>": value}
         dict per volume.
 Returns:
-    dict: see `medsa_peft.metrics.summarize`: "dice/<class>", "iou/<class>", "hd95/<class>" (mm),
+    dict: see `medsa_peft.evaluation.metrics.summarize`: "dice/<class>", "iou/<class>", "hd95/<class>" (mm),
     "empty_both/<class>", "empty_prediction/<class>", "empty_reference/<class>", "dice", "iou", "hd95",
     "num_volumes".
 """
