@@ -349,13 +349,14 @@ def job_e2e(options: dict) -> dict:
 
     from medsa_peft import MedSAConfig
     from medsa_peft.data import SamFrame, collate_sam
-    from medsa_peft.losses import DiceBCELoss
 
-    try:  # a --baseline checkout from before the tuner package and medsa_peft.tiny_sam
+    try:  # a --baseline checkout from before the tuner, training packages and medsa_peft.tiny_sam
+        from medsa_peft.losses import DiceBCELoss
         from medsa_peft.performance import use_fused_attention
         from medsa_peft.testing import randomize_weights, tiny_sam_config
     except ImportError:
         from medsa_peft.tiny_sam import randomize_weights, tiny_sam_config
+        from medsa_peft.training.losses import DiceBCELoss
         from medsa_peft.tuner.fast_paths import use_fused_attention
 
     root = Path(options["root"])
@@ -387,7 +388,7 @@ def job_e2e(options: dict) -> dict:
             optimizer.zero_grad()
             loss.item()
     else:
-        from medsa_peft.training import LossMonitor, default_num_workers, sam_inputs, train_loader
+        from medsa_peft.training.loop import LossMonitor, default_num_workers, sam_inputs, train_loader
 
         losses = LossMonitor(torch.device("cpu"))
         workers = default_num_workers() if options["num_workers"] is None else options["num_workers"]

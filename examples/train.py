@@ -7,10 +7,15 @@
 Every option: `python examples/train.py --help`. The logic lives in `medsa_peft.training`.
 """
 
+import logging
+import sys
+
 from transformers import HfArgumentParser
 
-from medsa_peft.training import TrainingArguments, train
+from medsa_peft.training import MedSATrainingArguments, train
 
 if __name__ == "__main__":
-    (arguments,) = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses()
+    logging.basicConfig(format="%(message)s", stream=sys.stdout)  # other libraries: warnings only
+    logging.getLogger("medsa_peft").setLevel(logging.INFO)
+    (arguments,) = HfArgumentParser(MedSATrainingArguments).parse_args_into_dataclasses()
     train(arguments)

@@ -34,7 +34,7 @@ from scipy import ndimage
 
 from medsa_peft.data import PromptSpec, SamFrame, bounding_box, decoder_targets, frame_images
 from medsa_peft.data.preprocess import sam_logits_to_original
-from medsa_peft.losses import DiceBCELoss
+from medsa_peft.training.losses import DiceBCELoss
 from medsa_peft.evaluation.metrics import dice
 from medsa_peft.tiny_sam import default_model_path, tiny_sam_config
 
@@ -390,7 +390,7 @@ MRI template; it has never seen medical data. It is no substitute for `facebook/
   clicks with a negative click 40% of the time 40% (`medsa_peft.data.PromptSpec`).
 - Training: {steps} steps of batch {batch_size} ({images:,} images, {masks:,} masks), AdamW (lr {learning_rate},
   weight decay {weight_decay}), {warmup_steps} warm-up steps then cosine decay, gradient clipping at 1, loss
-  Dice + BCE (`medsa_peft.losses.DiceBCELoss`) on the logits of `pred_masks` with `multimask_output=False`;
+  Dice + BCE (`medsa_peft.training.losses.DiceBCELoss`) on the logits of `pred_masks` with `multimask_output=False`;
   {minutes:.1f} minutes on {device} ({torch_threads} torch thread(s), {workers} data worker(s)).
 
 ## Held-out scores

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medsa_peft.losses import DiceBCELoss
+from medsa_peft.training.losses import DiceBCELoss
 
 
 def square_targets(batch=2, size=16):

@@ -17,10 +17,11 @@ from safetensors.torch import load_file
 from transformers import SamModel
 
 import medsa_peft  # noqa: F401
-from medsa_peft.checkpoints import TRAINER_STATE, checkpoint_dirs, latest_checkpoint
-from medsa_peft.losses import DiceBCELoss
+from medsa_peft.training.checkpoints import TRAINER_STATE, checkpoint_dirs, latest_checkpoint
+from medsa_peft.training.losses import DiceBCELoss
 from helpers import LocalHub, tiny_sam_model
-from medsa_peft.training import TrainingArguments, default_num_workers, train, train_loader
+from medsa_peft.training import MedSATrainingArguments, train
+from medsa_peft.training.loop import default_num_workers, train_loader
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = str(REPO_ROOT / "examples" / "train.py")
@@ -56,7 +57,7 @@ def quick_args(tiny_sam_dir, dataset_cache, output_dir, *extra):
     ]
 
 
-def quick_training(tiny_sam_dir, dataset_cache, output_dir, **overrides) -> TrainingArguments:
+def quick_training(tiny_sam_dir, dataset_cache, output_dir, **overrides) -> MedSATrainingArguments:
     """In-process training options of the tests: the tiny SAM, a shared data set cache, no evaluation stops."""
     options = dict(
         model=tiny_sam_dir,
@@ -67,7 +68,7 @@ def quick_training(tiny_sam_dir, dataset_cache, output_dir, **overrides) -> Trai
         max_eval_cases=1,
         report_to="none",
     )
-    return TrainingArguments(**{**options, **overrides})
+    return MedSATrainingArguments(**{**options, **overrides})
 
 
 def environment():
@@ -265,12 +266,12 @@ def test_a_volume_data_set_trains_slice_by_slice_at_depth_one(tiny_sam_dir, data
 
 def test_bad_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="cannot parse prompt"):
-        TrainingArguments(prompt="lasso")
+        MedSATrainingArguments(prompt="lasso")
     with pytest.raises(ValueError, match="hub_model_id"):
-        TrainingArguments(push_to_hub=True)
+        MedSATrainingArguments(push_to_hub=True)
     with pytest.raises(ValueError, match="volume_depth"):
-        TrainingArguments(volume_depth=0)
+        MedSATrainingArguments(volume_depth=0)
     with pytest.raises(ValueError, match="logging_steps"):
-        TrainingArguments(logging_steps=0)
+        MedSATrainingArguments(logging_steps=0)
     with pytest.raises(ValueError, match="num_workers"):
-        TrainingArguments(num_workers=-1)
+        MedSATrainingArguments(num_workers=-1)

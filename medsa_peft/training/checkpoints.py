@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from safetensors import safe_open
 
-from .compat import prepared_models
+from ..compat import prepared_models
 
 TRAINER_STATE = "trainer_state.json"
 MODEL_FILE = "model.safetensors"

@@ -9,119 +9,34 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 from huggingface_hub import CommitOperationAdd, HfApi
 from peft import get_peft_model
 from tqdm.auto import tqdm
 from transformers import SamModel, get_cosine_schedule_with_warmup
 
-from .builders import EMBEDDED_DEFAULT, prepare_dataset
+from ..data import PromptSpec, SamFrame, SamTrainingSamples, collate_sam, sam_pixel_values
+from ..data.builders import prepare_dataset
+from ..evaluation.scoring import evaluate_model
+from ..files import write_json, write_png
+from ..tiny_sam import default_model_path
+from ..tuner.fast_paths import compile_sam_layers, use_fused_attention
+from .arguments import MedSATrainingArguments
 from .checkpoints import keep_trainable_weights, latest_checkpoint, load_checkpoint, save_checkpoint
-from .tuner.config import MedSAConfig
-from .data import PromptSpec, SamFrame, SamTrainingSamples, collate_sam, sam_pixel_values
-from .files import write_json
 from .losses import DiceBCELoss
 from .model_card import build_model_card, metrics_table
-from .tuner.fast_paths import compile_sam_layers, use_fused_attention
-from .tiny_sam import default_model_path
-from .evaluation.scoring import evaluate_model
-from .files import write_png
+
+logger = get_logger(__name__)
 
 PROMPT_INPUTS = ("input_boxes", "input_points", "input_labels")
 MAX_DEFAULT_WORKERS = 8
 PREFETCH_BATCHES = 4  # per worker
-
-
-@dataclass
-class TrainingArguments:
-    """Options of `examples/train.py` (each is a `--flag`); the defaults run the offline demo."""
-
-    model: str | None = field(
-        default=None, metadata={"help": "SAM to adapt: a Hub id or folder; default: the tiny SAM shipped offline"}
-    )
-    dataset: str = field(default=EMBEDDED_DEFAULT, metadata={"help": "mni152, btcv, brats, refuge, isic, thyroid"})
-    dataset_config: str | None = field(
-        default=None, metadata={"help": "builder config; mni152 picks '2d' or '3d' from --volume_depth"}
-    )
-    data_dir: str | None = field(default=None, metadata={"help": "manual download of the data set"})
-    cache_dir: str | None = field(default=None, metadata={"help": "where `datasets` prepares the data set"})
-    volume_depth: int = field(default=1, metadata={"help": "slices per volume chunk; > 1 turns on SD-Trans"})
-    prompt: str = field(
-        default="points:3",
-        metadata={"help": "'box', 'box:IOU', 'points:K' or 'points:K+NEG' (positive+negative clicks)"},
-    )
-    official: bool = field(default=False, metadata={"help": "MedSAConfig.official(): the authors' configuration"})
-    bottleneck_ratio: float = 0.25
-    mlp_adapter_scale: float = 0.5
-    activation: str = "gelu"
-    init: str = "zero"
-    hyper_dim: int = 32
-    output_dir: str = "outputs/medsa-demo"
-    max_steps: int = 600
-    batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 5e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 20
-    eval_every: int = field(default=100, metadata={"help": "evaluate every N optimiser steps (0: only at the ends)"})
-    save_every: int = field(default=100, metadata={"help": "checkpoint every N optimiser steps (0: never)"})
-    eval_batch_size: int = 8
-    max_eval_cases: int | None = field(default=None, metadata={"help": "cap on (volume, class) evaluation cases"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "activation checkpointing per layer"})
-    fused_attention: bool = field(
-        default=True, metadata={"help": "SAM's attention without its (HW x HW) bias (--no_fused_attention: SAM's own)"}
-    )
-    compile: bool = field(default=False, metadata={"help": "torch.compile the encoder layers, decoder side"})
-    resume: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
-    report_to: str = field(
-        default="auto", metadata={"help": "'tensorboard', 'none' or 'auto' (tensorboard if installed)"}
-    )
-    num_workers: int | None = field(
-        default=None,
-        metadata={"help": "DataLoader workers; default: this machine's cores per process, less one, at most 8"},
-    )
-    logging_steps: int = field(
-        default=10, metadata={"help": "read and log the loss, and check it is finite, every N optimiser steps"}
-    )
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.volume_depth < 1:
-            raise ValueError(f"--volume_depth must be at least 1, got {self.volume_depth}")
-        if self.max_steps < 1:
-            raise ValueError(f"--max_steps must be at least 1, got {self.max_steps}")
-        if self.logging_steps < 1:
-            raise ValueError(f"--logging_steps must be at least 1, got {self.logging_steps}")
-        if self.num_workers is not None and self.num_workers < 0:
-            raise ValueError(f"--num_workers must be at least 0, got {self.num_workers}")
-        if self.push_to_hub and not self.hub_model_id:
-            raise ValueError("--push_to_hub needs --hub_model_id user/name")
-        PromptSpec.parse(self.prompt)  # fail early on a bad prompt
-
-    def medsa_config(self) -> MedSAConfig:
-        depth = self.volume_depth > 1
-        if self.official:
-            return MedSAConfig.official(depth_adapter=depth, bottleneck_ratio=self.bottleneck_ratio)
-        return MedSAConfig(
-            depth_adapter=depth,
-            bottleneck_ratio=self.bottleneck_ratio,
-            mlp_adapter_scale=self.mlp_adapter_scale,
-            activation=self.activation,
-            init=self.init,
-            hyper_dim=self.hyper_dim,
-        )
-
-    def resolved_dataset_config(self) -> str | None:
-        if self.dataset_config is None and self.dataset == EMBEDDED_DEFAULT:
-            return "3d" if self.volume_depth > 1 else "2d"
-        return self.dataset_config
 
 
 def _trackers(report_to: str) -> list[str]:
@@ -214,7 +129,7 @@ def _check_replicas_agree(accelerator: Accelerator, model: torch.nn.Module) -> N
     checksums = accelerator.gather(checksum.reshape(1).to(accelerator.device))
     if not torch.all(checksums == checksums[0]):
         raise RuntimeError(f"adapter weights differ between processes: checksums {checksums.tolist()}")
-    accelerator.print(f"adapter weights identical on all {accelerator.num_processes} process(es)")
+    logger.info(f"adapter weights identical on all {accelerator.num_processes} process(es)")
 
 
 def _summary_line(title: str, summary: dict[str, float], classes: list[str]) -> str:
@@ -222,7 +137,7 @@ def _summary_line(title: str, summary: dict[str, float], classes: list[str]) -> 
     return f"{title}: mean Dice {summary['dice']:.4f} ({per_class})"
 
 
-def train(args: TrainingArguments) -> dict:
+def train(args: MedSATrainingArguments) -> dict:
     """Train a Med-SA adapter as `args` says; returns the metrics written to `output_dir/metrics.json`."""
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -287,7 +202,7 @@ def train(args: TrainingArguments) -> dict:
             seed=args.seed,
             progress=accelerator.is_main_process,
         )
-        accelerator.print(_summary_line(f"{tag} ({data.evaluation_split})", evaluation.summary, classes))
+        logger.info(_summary_line(f"{tag} ({data.evaluation_split})", evaluation.summary, classes))
         return evaluation
 
     step, before = 0, None
@@ -297,7 +212,7 @@ def train(args: TrainingArguments) -> dict:
     if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint)
         step, before = state["step"], state["metrics_before"]
-        accelerator.print(f"resumed from {checkpoint} at step {step}")
+        logger.info(f"resumed from {checkpoint} at step {step}")
     else:
         before = evaluate("step 0").summary
 
@@ -378,7 +293,7 @@ def train(args: TrainingArguments) -> dict:
             step,
         )
         card.save(adapter_dir / "README.md")
-        print(metrics_table(before, after, classes))
+        logger.info(metrics_table(before, after, classes))
         if args.push_to_hub:
             _push(adapter_dir, args.hub_model_id)
     accelerator.wait_for_everyone()
@@ -396,4 +311,4 @@ def _push(adapter_dir: Path, repo_id: str) -> None:
         if path.is_file()
     ]
     api.create_commit(repo_id=repo_id, operations=operations, commit_message="Upload Med-SA adapter")
-    print(f"pushed {adapter_dir} to the Hub as {repo_id}")
+    logger.info(f"pushed {adapter_dir} to the Hub as {repo_id}")

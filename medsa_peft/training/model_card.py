@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from .tuner.config import MedSAConfig
+from ..tuner.config import MedSAConfig
 
 
 def _format(value: float) -> str:
