@@ -27,6 +27,35 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from medsa_peft.compat import embed_table_storage
+from medsa_peft.files import atomic_path
+
+__all__ = [
+    "CorruptDataError",
+    "ImageBuilder",
+    "ImageCase",
+    "ManualDownloadBuilder",
+    "MissingDataError",
+    "SegmentationConfig",
+    "VolumeBuilder",
+    "VolumeCase",
+    "binary_label_map",
+    "cases_from_folder_pairs",
+    "check_image_case",
+    "check_volume_pair",
+    "data_root",
+    "export_parquet",
+    "files_by_name",
+    "find_dir",
+    "held_out",
+    "image_features",
+    "image_size",
+    "label_for",
+    "list_files",
+    "nifti_geometry",
+    "nifti_stem",
+    "read_gray",
+    "volume_features",
+]
 
 PIXEL_SPACING = (1.0, 1.0)  # mm per pixel: none of the 2D sets records it
 
@@ -424,13 +453,8 @@ def export_parquet(dataset: datasets.Dataset, path: str | os.PathLike, rows_per_
     with the same features. Written to a temporary file first, then moved into place.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    try:
+    with atomic_path(path, suffix=".parquet") as partial:
         with pq.ParquetWriter(partial, dataset.features.arrow_schema) as writer:
             for batch in dataset.with_format("arrow").iter(batch_size=rows_per_group):
                 writer.write_table(embed_table_storage(batch))
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
     return path

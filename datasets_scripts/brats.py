@@ -7,6 +7,11 @@ from pathlib import Path
 
 from ._common import MissingDataError, SegmentationConfig, VolumeBuilder, VolumeCase, find_dir, held_out
 
+__all__ = [
+    "BraTS",
+    "BraTSConfig",
+]
+
 SEQUENCES = ("flair", "t1", "t1ce", "t2")
 # The training archive as named by the Kaggle copy and by the Synapse release; else data_dir holds the cases.
 TRAINING_FOLDERS = ("BraTS2021_Training_Data", "RSNA_ASNR_MICCAI_BraTS2021_TrainingData_16July2021")

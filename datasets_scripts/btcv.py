@@ -17,6 +17,11 @@ from ._common import (
     nifti_stem,
 )
 
+__all__ = [
+    "BTCV",
+    "BTCVConfig",
+]
+
 ORGANS = {
     "spleen": (1,),
     "right_kidney": (2,),

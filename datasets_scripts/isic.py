@@ -10,6 +10,11 @@ from pathlib import Path
 
 from ._common import ImageBuilder, ImageCase, SegmentationConfig, cases_from_folder_pairs
 
+__all__ = [
+    "ISIC",
+    "ISICConfig",
+]
+
 CLASSES = {"lesion": (255,)}
 
 

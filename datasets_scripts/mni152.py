@@ -23,6 +23,15 @@ import numpy as np
 
 from ._common import SegmentationConfig, image_features, volume_features
 
+__all__ = [
+    "MNI152",
+    "MNI152Config",
+    "load_template",
+    "slab_ranges",
+    "split_slabs",
+    "tissue_labels",
+]
+
 TISSUE_CLASSES = {"grey_matter": (1,), "white_matter": (2,)}
 
 

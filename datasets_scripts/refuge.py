@@ -19,6 +19,13 @@ from ._common import (
     read_gray,
 )
 
+__all__ = [
+    "REFUGE",
+    "REFUGEConfig",
+    "challenge_label_map",
+    "disc_cup_label_map",
+]
+
 # Served label maps: 0 background, 128 neuroretinal rim (disc without cup), 255 cup; the disc is rim + cup.
 RIM, CUP = 128, 255
 CLASSES = {"optic_disc": (RIM, CUP), "optic_cup": (CUP,)}

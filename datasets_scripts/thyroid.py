@@ -16,6 +16,11 @@ from ._common import (
     find_dir,
 )
 
+__all__ = [
+    "Thyroid",
+    "ThyroidConfig",
+]
+
 CLASSES = {"nodule": (255,)}
 TN3K_FOLDERS = (("trainval", "trainval-image", "trainval-mask"), ("test", "test-image", "test-mask"))
 # DDTI in the TN-SCUI 2020 layout shipped with TN3K (image/ + mask/); p_image/ + p_mask/ accepted as well.

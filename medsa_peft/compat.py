@@ -32,6 +32,23 @@ if TYPE_CHECKING:
     import pyarrow
     from accelerate import Accelerator
 
+__all__ = [
+    "BASE_TUNER_HOOKS",
+    "BASE_TUNER_LAYER_HOOKS",
+    "BaseTuner",
+    "BaseTunerLayer",
+    "GradientCheckpointingLayer",
+    "PEFT_TYPE_TO_CONFIG_MAPPING",
+    "PEFT_TYPE_TO_PREFIX_MAPPING",
+    "PEFT_TYPE_TO_TUNER_MAPPING",
+    "SAM_TWO_WAY_BLOCK_PARTS",
+    "SAM_VISION_ATTENTION_PARTS",
+    "SAM_VISION_LAYER_PARTS",
+    "embed_table_storage",
+    "forward_hooks",
+    "prepared_models",
+]
+
 BASE_TUNER_HOOKS = (
     "_create_and_replace",  # wraps a matched SAM block
     "_prepare_adapter_config",  # no target_modules mapping to fill in

@@ -44,6 +44,17 @@ from transformers import SamConfig, SamMaskDecoderConfig, SamModel, SamPromptEnc
 from .tuner.adapters import adapter_width
 from .tuner.config import MedSAConfig
 
+__all__ = [
+    "CheckpointError",
+    "ConversionResult",
+    "authors_multimask_logits",
+    "convert_official_checkpoint",
+    "infer_sam_config",
+    "is_medsa_2024_checkpoint",
+    "load_official_state_dict",
+    "official_to_sam_key",
+]
+
 # (pattern on the authors' key, replacement giving transformers' SamModel key); the first match wins.
 SAM_KEY_MAPPING: tuple[tuple[str, str], ...] = (
     (r"^image_encoder\.patch_embed\.proj\.", "vision_encoder.patch_embed.projection."),

@@ -13,6 +13,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+__all__ = [
+    "atomic_path",
+    "write_json",
+    "write_png",
+]
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:

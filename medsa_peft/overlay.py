@@ -8,6 +8,11 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+__all__ = [
+    "busiest_slice",
+    "overlay",
+]
+
 PREDICTION_COLOUR = (255, 64, 32)
 TRUTH_COLOUR = (48, 220, 64)
 

@@ -7,6 +7,12 @@ from dataclasses import dataclass
 
 import datasets
 
+__all__ = [
+    "PreparedDataset",
+    "builder_class",
+    "prepare_dataset",
+]
+
 # short name -> (module of datasets_scripts, builder class)
 BUILDERS = {
     "mni152": ("datasets_scripts.mni152", "MNI152"),

@@ -17,9 +17,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..io import GREY_PICTURE_MODES
 from .preprocess import frame_images, normalize_intensity
 
-_GREY_IMAGE_MODES = ("1", "L", "I", "I;16", "F")
+__all__ = [
+    "DecodedExample",
+    "class_mask",
+    "decode_example",
+    "decode_image",
+    "decode_label",
+    "is_volume_dataset",
+]
+
 
 
 @dataclass
@@ -107,7 +116,7 @@ def decode_image(example: Mapping) -> tuple[np.ndarray, tuple[float, float, floa
         spacing = tuple(float(zoom) for zoom in canonical.header.get_zooms()[:3])
         return image[..., None], spacing
     picture: Image.Image = source
-    image = np.asarray(picture if picture.mode in _GREY_IMAGE_MODES else picture.convert("RGB"))
+    image = np.asarray(picture if picture.mode in GREY_PICTURE_MODES else picture.convert("RGB"))
     spacing = (*(float(value) for value in example.get("spacing") or (1.0, 1.0)), 1.0)
     return (image[:, :, None, None] if image.ndim == 2 else image[:, :, None, :]), spacing
 

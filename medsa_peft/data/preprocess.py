@@ -21,6 +21,21 @@ from monai.transforms import ScaleIntensityRange
 from monai.utils import convert_to_numpy
 from transformers import SamConfig
 
+__all__ = [
+    "SamFrame",
+    "covering_windows",
+    "decoder_targets",
+    "frame_coordinates",
+    "frame_images",
+    "frame_masks",
+    "intensity_range",
+    "normalize_intensity",
+    "resize_long_side",
+    "resized_shape",
+    "sam_logits_to_original",
+    "sam_pixel_values",
+]
+
 SAM_PIXEL_MEAN = (0.485, 0.456, 0.406)
 SAM_PIXEL_STD = (0.229, 0.224, 0.225)
 CT_WINDOW_HU = (-175.0, 250.0)

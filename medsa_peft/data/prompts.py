@@ -36,6 +36,20 @@ from scipy import ndimage
 
 from .preprocess import frame_coordinates
 
+__all__ = [
+    "EmptyMaskError",
+    "PromptError",
+    "PromptSpec",
+    "SlicePrompt",
+    "bounding_box",
+    "box_iou",
+    "click_prompt",
+    "jittered_box",
+    "negative_clicks",
+    "positive_clicks",
+    "prompt_tensors",
+]
+
 # Jitter search: the box is moved along a random direction by t box sizes, t on this grid.
 _JITTER_MAX_STEP = 32.0
 _JITTER_GRID_POINTS = 513

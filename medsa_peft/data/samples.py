@@ -25,6 +25,12 @@ from .preprocess import SamFrame, decoder_targets
 from .prompts import PromptSpec
 from .store import ClassVoxels, StoredExample, prepare_examples
 
+__all__ = [
+    "SamTrainingSamples",
+    "collate_sam",
+    "nearest_present_slices",
+]
+
 _PROMPT_KINDS = ({"input_boxes"}, {"input_points", "input_labels"})
 
 

@@ -35,6 +35,13 @@ from ..files import atomic_path, write_json
 from .examples import class_mask, decode_image, decode_label, is_volume_dataset
 from .preprocess import PHOTO_MODALITIES, intensity_range, normalize_intensity, resize_long_side
 
+__all__ = [
+    "ClassVoxels",
+    "StoredExample",
+    "default_store_dir",
+    "prepare_examples",
+]
+
 logger = logging.getLogger(__name__)
 
 STORE_VERSION = 1

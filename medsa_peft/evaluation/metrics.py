@@ -34,6 +34,17 @@ import numpy as np
 import torch
 from monai.metrics import compute_hausdorff_distance
 
+__all__ = [
+    "MaskScores",
+    "SegmentationMetrics",
+    "dice",
+    "hd95",
+    "iou",
+    "mask_scores",
+    "summarize",
+    "volume_scores",
+]
+
 METRIC_NAMES = ("dice", "iou", "hd95")
 
 ArrayLike = np.ndarray | torch.Tensor

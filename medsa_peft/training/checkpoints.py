@@ -22,6 +22,14 @@ from safetensors import safe_open
 
 from ..compat import prepared_models
 
+__all__ = [
+    "checkpoint_dirs",
+    "keep_trainable_weights",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+]
+
 TRAINER_STATE = "trainer_state.json"
 MODEL_FILE = "model.safetensors"
 _NAME = re.compile(r"^step-(\d+)$")

@@ -32,6 +32,14 @@ from .checkpoints import keep_trainable_weights, latest_checkpoint, load_checkpo
 from .losses import DiceBCELoss
 from .model_card import build_model_card, metrics_table
 
+__all__ = [
+    "LossMonitor",
+    "default_num_workers",
+    "sam_inputs",
+    "train",
+    "train_loader",
+]
+
 logger = get_logger(__name__)
 
 PROMPT_INPUTS = ("input_boxes", "input_points", "input_labels")

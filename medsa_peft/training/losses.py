@@ -7,6 +7,10 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch import nn
 
+__all__ = [
+    "DiceBCELoss",
+]
+
 
 class DiceBCELoss(nn.Module):
     """dice_weight * soft Dice loss + bce_weight * BCE, from logits of binary masks.

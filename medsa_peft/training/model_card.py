@@ -10,6 +10,11 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from ..tuner.config import MedSAConfig
 
+__all__ = [
+    "build_model_card",
+    "metrics_table",
+]
+
 
 def _format(value: float) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"

@@ -13,6 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = [
+    "BottleneckAdapter",
+    "HyperPromptAdapter",
+    "adapter_width",
+    "depth_attention",
+    "fold_bias_into_query_key",
+    "rel_pos_attention",
+    "short_sequence_attention",
+]
+
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 # Fused attention kernels want head widths in multiples of 8.
 HEAD_ALIGNMENT = 8

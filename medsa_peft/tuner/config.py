@@ -8,6 +8,11 @@ from typing import Literal, Optional, Union
 
 from peft.config import PeftConfig
 
+__all__ = [
+    "MedSAConfig",
+    "MedSAPeftType",
+]
+
 
 class MedSAPeftType(str, enum.Enum):
     """Med-SA's PEFT type, shaped like a member of PEFT's closed `PeftType` enum.

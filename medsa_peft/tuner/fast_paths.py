@@ -20,6 +20,11 @@ from transformers.models.sam.modeling_sam import (
 
 from .layer import MedSALayer, MedSAVisionLayer
 
+__all__ = [
+    "compile_sam_layers",
+    "use_fused_attention",
+]
+
 
 def use_fused_attention(model: nn.Module, enabled: bool = True) -> nn.Module:
     """Run the frozen spatial attention of every Med-SA image-encoder layer through `adapters.rel_pos_attention`.

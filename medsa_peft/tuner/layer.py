@@ -24,6 +24,15 @@ from .adapters import (
 )
 from .config import MedSAConfig
 
+__all__ = [
+    "MedSA2024TwoWayAttentionBlock",
+    "MedSALayer",
+    "MedSATwoWayLayer",
+    "MedSAVisionLayer",
+    "two_way_block_forward",
+    "use_decoder_block",
+]
+
 
 NOT_MERGEABLE = (
     "Med-SA adapters are non-linear (GELU/ReLU bottlenecks, depth attention, prompt-generated weights) "

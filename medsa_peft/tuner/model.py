@@ -14,6 +14,13 @@ from ..compat import BaseTuner
 from .config import MedSAConfig
 from .layer import NOT_MERGEABLE, MedSALayer, MedSATwoWayLayer, MedSAVisionLayer, use_decoder_block
 
+__all__ = [
+    "MedSAModel",
+    "add_volume_hooks",
+    "remove_volume_hooks",
+    "resolve_depth",
+]
+
 # The attribute of a SamModel that holds the handles of its volume hooks (`add_volume_hooks`).
 VOLUME_HOOKS = "_medsa_volume_hooks"
 

@@ -10,6 +10,10 @@ from ..compat import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, P
 from .config import MEDSA_PEFT_TYPE, MedSAConfig
 from .model import MedSAModel
 
+__all__ = [
+    "register_medsa",
+]
+
 
 def register_medsa() -> None:
     """Make PEFT know the "MEDSA" type (idempotent)."""
