@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 from peft import PeftConfig, PeftModel
 from PIL import Image
@@ -191,6 +192,15 @@ def test_push_to_hub_uploads_a_folder_that_loads(tiny_sam_dir, dataset_cache, tm
     card = (uploaded / "README.md").read_text()
     assert "mni152" in card and "points:3" in card and "| grey_matter |" in card and "library_name: peft" in card
     assert f"{metrics['after']['dice']:.4f}" in card
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert metadata["license"] == "apache-2.0" and metadata["metrics"] == ["dice", "iou", "hd95"]
+    assert "base_model" not in metadata  # the base is a local folder: no Hub id to name
+    results = metadata["model-index"][0]["results"][0]
+    assert results["dataset"]["split"] == "test" and results["metrics"][0]["value"] == metrics["after"]["dice"]
+    # nothing written for the user names a path of this machine (the base SAM's folder, the run's folder)
+    for written in [*uploaded.iterdir(), tmp_path / "run" / "metrics.json"]:
+        text = written.read_text(errors="ignore") if written.suffix != ".safetensors" else ""
+        assert str(tiny_sam_dir) not in text and str(tmp_path) not in text, written.name
 
     model = PeftModel.from_pretrained(SamModel.from_pretrained(tiny_sam_dir), uploaded)
     assert model.peft_config["default"].peft_type == "MEDSA"

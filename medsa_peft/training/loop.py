@@ -30,7 +30,7 @@ from ..tuner.fast_paths import compile_sam_layers, use_fused_attention
 from .arguments import MedSATrainingArguments
 from .checkpoints import keep_trainable_weights, latest_checkpoint, load_checkpoint, save_checkpoint
 from .losses import DiceBCELoss
-from .model_card import build_model_card, metrics_table
+from .model_card import build_model_card, hub_model_id, metrics_table
 
 __all__ = [
     "LossMonitor",
@@ -286,9 +286,12 @@ def train(args: MedSATrainingArguments) -> dict:
         if evaluation.overlay is not None:
             write_png(evaluation.overlay, output_dir / "overlay.png")
         adapter_dir = output_dir / "adapter"
-        accelerator.unwrap_model(model).save_pretrained(adapter_dir, state_dict=state_dict)
+        unwrapped = accelerator.unwrap_model(model)
+        # A Hub id, or "" for a local base: PEFT would write the folder's path on this machine in its place.
+        unwrapped.active_peft_config.base_model_name_or_path = hub_model_id(model_source) or ""
+        unwrapped.save_pretrained(adapter_dir, state_dict=state_dict)
         card = build_model_card(
-            model_source,
+            hub_model_id(model_source),
             data.name,
             data.config_name,
             data.evaluation_split,
@@ -319,4 +322,4 @@ def _push(adapter_dir: Path, repo_id: str) -> None:
         if path.is_file()
     ]
     api.create_commit(repo_id=repo_id, operations=operations, commit_message="Upload Med-SA adapter")
-    logger.info(f"pushed {adapter_dir} to the Hub as {repo_id}")
+    logger.info(f"pushed {adapter_dir.name} to the Hub as {repo_id}")

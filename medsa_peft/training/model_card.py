@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..tuner.config import MedSAConfig
 
 __all__ = [
     "build_model_card",
+    "hub_model_id",
     "metrics_table",
 ]
+
+CARD_METRICS = ("dice", "iou", "hd95")
+
+
+def hub_model_id(source: str) -> str | None:
+    """`source` when it names a model on the Hub ("org/name", not a folder on this machine), else None: saved
+    configs and cards never carry a path of the machine they were written on."""
+    if os.path.exists(source) or source.startswith((".", "/", "~")) or source.count("/") != 1:
+        return None
+    return source
 
 
 def _format(value: float) -> str:
@@ -34,7 +46,7 @@ def metrics_table(before: Mapping[str, float], after: Mapping[str, float], class
 
 
 def build_model_card(
-    base_model: str,
+    base_model: str | None,
     dataset: str,
     dataset_config: str,
     evaluation_split: str,
@@ -46,14 +58,40 @@ def build_model_card(
     classes: list[str],
     steps: int,
 ) -> ModelCard:
-    """A model card for a Med-SA adapter trained with `medsa_peft`."""
+    """A model card for a Med-SA adapter trained with `medsa_peft`, with the Hub's metadata: `base_model` (a Hub id,
+    left out for a local base), the metrics and a model-index of the evaluation results after training."""
+    name = f"medsa-{dataset}-{dataset_config}"
+    results = [
+        EvalResult(
+            task_type="image-segmentation",
+            dataset_type=dataset,
+            dataset_name=dataset,
+            dataset_config=dataset_config,
+            dataset_split=evaluation_split,
+            metric_type=metric,
+            metric_name=f"mean {metric}" + (" (mm)" if metric == "hd95" else ""),
+            metric_value=after[metric],
+        )
+        for metric in CARD_METRICS
+        if after.get(metric) is not None and math.isfinite(after[metric])
+    ]
     data = ModelCardData(
+        model_name=name,
         library_name="peft",
-        base_model=base_model if "/" in base_model and not base_model.startswith((".", "/")) else None,
+        license="apache-2.0",
+        base_model=base_model,
+        metrics=list(CARD_METRICS),
         tags=["medsa", "medical-sam-adapter", "medical-image-segmentation", "segment-anything", "peft"],
         pipeline_tag="mask-generation",
+        eval_results=results or None,
     )
-    settings = {key: value for key, value in config.to_dict().items() if key not in ("auto_mapping", "revision")}
+    base_name = f"`{base_model}`" if base_model else "a local SAM"
+    load_base = base_model or "<the SAM it was trained on>"
+    settings = {
+        key: value
+        for key, value in config.to_dict().items()
+        if key not in ("auto_mapping", "revision", "base_model_name_or_path")
+    }
     body = f"""---
 {data.to_yaml()}
 ---
@@ -61,7 +99,7 @@ def build_model_card(
 # Med-SA adapter for SAM ({dataset}, {dataset_config})
 
 A [Medical SAM Adapter](https://arxiv.org/abs/2304.12620) (Med-SA) trained with `medsa_peft` on top of
-`{base_model}`: SAM stays frozen, the adapters train.
+{base_name}: SAM stays frozen, the adapters train.
 
 - **Data set:** `{dataset}` (config `{dataset_config}`), evaluated on its `{evaluation_split}` split
 - **Prompts:** `{prompt}` (training and evaluation), one per slice
@@ -79,7 +117,7 @@ import medsa_peft  # registers the MEDSA PEFT type: import it before loading
 from peft import PeftModel
 from transformers import SamModel
 
-model = PeftModel.from_pretrained(SamModel.from_pretrained("{base_model}"), "<this repo or folder>")
+model = PeftModel.from_pretrained(SamModel.from_pretrained("{load_base}"), "<this repo or folder>")
 ```
 
 ## Configuration
