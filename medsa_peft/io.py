@@ -247,9 +247,13 @@ class Reorientation:
         mapped = (self.interval(axis, low, high) for axis, (low, high) in enumerate(file_edges))
         return {target: (low, high) for target, low, high in mapped}
 
+    def canonical_order(self, values: Sequence[float]) -> tuple[float, ...]:
+        """Per-axis values given along the file's axes 0, 1, 2 (sizes, spacings), in canonical axis order."""
+        ordered = [0.0, 0.0, 0.0]
+        for axis, (target, _) in enumerate(self.ornt):
+            ordered[int(target)] = values[axis]
+        return tuple(ordered)
+
     @property
     def canonical_shape(self) -> tuple[int, int, int]:
-        shape = [0, 0, 0]
-        for axis, (target, _) in enumerate(self.ornt):
-            shape[int(target)] = self.shape[axis]
-        return tuple(shape)
+        return tuple(int(size) for size in self.canonical_order(self.shape))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..io import GREY_PICTURE_MODES
+from ..io import GREY_PICTURE_MODES, Reorientation
 from .preprocess import frame_images, normalize_intensity
 
 __all__ = [
@@ -71,12 +71,9 @@ def _example_id(example: Mapping) -> str:
     return str(example["id"])
 
 
-def _canonical(image: nib.spatialimages.SpatialImage) -> nib.spatialimages.SpatialImage:
-    """The image in the closest canonical (RAS+) voxel order."""
-    if isinstance(image, nib.Nifti1Image):
-        # datasets' Nifti1ImageWrapper cannot be re-instantiated by nibabel's as_reoriented: unwrap it
-        image = nib.Nifti1Image(image.dataobj, image.affine, image.header)
-    return nib.as_closest_canonical(image)
+def _reorientation(image: nib.spatialimages.SpatialImage) -> Reorientation:
+    """From the volume's voxel order to the closest canonical (RAS+) one: the predictor's reorientation."""
+    return Reorientation(image.affine, image.shape[:3])
 
 
 def _integer_labels(data: np.ndarray, example_id: str) -> np.ndarray:
@@ -92,7 +89,7 @@ def decode_label(example: Mapping) -> np.ndarray:
     """(H, W, D) integer label map of an example (D = 1 for a 2D image), in the voxel order `decode_example` uses."""
     example_id, label = _example_id(example), example["label"]
     if isinstance(label, nib.spatialimages.SpatialImage):
-        label = np.asanyarray(_canonical(label).dataobj)
+        label = _reorientation(label).to_canonical(np.asanyarray(label.dataobj))
         if label.ndim != 3:
             raise ValueError(f"example {example_id!r}: the label volume must be (H, W, D), got shape {label.shape}")
     else:
@@ -109,11 +106,12 @@ def decode_image(example: Mapping) -> tuple[np.ndarray, tuple[float, float, floa
     their stored integer type."""
     source = example["image"]
     if isinstance(source, nib.spatialimages.SpatialImage):
-        canonical = _canonical(source)
-        image = canonical.get_fdata(dtype=np.float32)
+        image = source.get_fdata(dtype=np.float32)
         if image.ndim != 3:
             raise ValueError(f"example {_example_id(example)!r}: the image volume must be (H, W, D), got {image.shape}")
-        spacing = tuple(float(zoom) for zoom in canonical.header.get_zooms()[:3])
+        reorientation = _reorientation(source)
+        image = reorientation.to_canonical(image)
+        spacing = tuple(float(zoom) for zoom in reorientation.canonical_order(source.header.get_zooms()[:3]))
         return image[..., None], spacing
     picture: Image.Image = source
     image = np.asarray(picture if picture.mode in GREY_PICTURE_MODES else picture.convert("RGB"))
