@@ -387,10 +387,14 @@ class VolumeBuilder(ManualDownloadBuilder):
     def _split_generators(self, dl_manager) -> list[datasets.SplitGenerator]:
         cases = self._find_cases(self._root())
         return [
-            datasets.SplitGenerator(name=split, gen_kwargs={"examples": [_volume_example(c) for c in split_cases]})
+            datasets.SplitGenerator(name=split, gen_kwargs={"examples": [self._example(c) for c in split_cases]})
             for split, split_cases in cases.items()
             if split_cases
         ]
+
+    def _example(self, case: VolumeCase) -> dict:
+        """The checked example of a case; subclasses may add checks of their own."""
+        return _volume_example(case)
 
     def _generate_examples(self, examples: list[dict]) -> Iterator[tuple[str, dict]]:
         for example in examples:

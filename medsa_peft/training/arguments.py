@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from datasets_scripts.folder import canonical_modality, parse_classes
+
 from ..data.builders import EMBEDDED_DEFAULT
 from ..data.prompts import PromptSpec
 from ..tuner.config import MedSAConfig
@@ -21,12 +23,31 @@ class MedSATrainingArguments:
     model: str | None = field(
         default=None, metadata={"help": "SAM to adapt: a Hub id or folder; default: the tiny SAM shipped offline"}
     )
-    dataset: str = field(default=EMBEDDED_DEFAULT, metadata={"help": "mni152, btcv, brats, refuge, isic, thyroid"})
+    dataset: str = field(
+        default=EMBEDDED_DEFAULT,
+        metadata={
+            "help": "mni152, btcv, brats, refuge, isic, thyroid, or a local folder in the MSD / nnU-Net v1, "
+            "nnU-Net v2 or images/ + masks/ layout (docs/data.md, 'Your own data')"
+        },
+    )
     dataset_config: str | None = field(
         default=None, metadata={"help": "builder config; mni152 picks '2d' or '3d' from --volume_depth"}
     )
     data_dir: str | None = field(default=None, metadata={"help": "manual download of the data set"})
     cache_dir: str | None = field(default=None, metadata={"help": "where `datasets` prepares the data set"})
+    channel: int = field(default=0, metadata={"help": "folder data: the channel (nnU-Net _0000, _0001...) fed to SAM"})
+    modality: str | None = field(
+        default=None,
+        metadata={"help": "intensity rule: ct, mri, fundus, dermoscopy, ultrasound or photo; default: the data's own"},
+    )
+    classes: str | None = field(
+        default=None,
+        metadata={"help": 'classes as JSON, like \'{"liver": [1], "tumour": [2]}\'; default: the data\'s own'},
+    )
+    validation_fraction: float = field(
+        default=0.2,
+        metadata={"help": "folder data without a labelled test split: share of cases held out (seeded by --seed)"},
+    )
     volume_depth: int = field(default=1, metadata={"help": "slices per volume chunk; > 1 turns on SD-Trans"})
     prompt: str = field(
         default="points:3",
@@ -80,6 +101,14 @@ class MedSATrainingArguments:
             raise ValueError(f"--num_workers must be at least 0, got {self.num_workers}")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id user/name")
+        if self.channel < 0:
+            raise ValueError(f"--channel must be at least 0, got {self.channel}")
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(f"--validation_fraction must lie between 0 and 1, got {self.validation_fraction}")
+        if self.classes is not None:
+            parse_classes(self.classes)  # fail early on bad JSON
+        if self.modality is not None:
+            canonical_modality(self.modality)
         PromptSpec.parse(self.prompt)  # fail early on a bad prompt
 
     def medsa_config(self) -> MedSAConfig:

@@ -157,7 +157,17 @@ def train(args: MedSATrainingArguments) -> dict:
     output_dir = Path(args.output_dir)
 
     with accelerator.main_process_first():
-        data = prepare_dataset(args.dataset, args.resolved_dataset_config(), args.data_dir, args.cache_dir)
+        data = prepare_dataset(
+            args.dataset,
+            args.resolved_dataset_config(),
+            args.data_dir,
+            args.cache_dir,
+            channel=args.channel,
+            modality=args.modality,
+            classes=args.classes,
+            validation_fraction=args.validation_fraction,
+            seed=args.seed,
+        )
     classes = list(data.classes)
     prompt = PromptSpec.parse(args.prompt)
 

@@ -1,0 +1,301 @@
+"""Your own data as --dataset: MSD / nnU-Net v1, nnU-Net v2 and 2D folders written from the embedded MNI152
+template, their metadata, splits, named errors, and a short training run on one of them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from datasets_scripts._common import CorruptDataError, MissingDataError
+from datasets_scripts.folder import canonical_modality
+from datasets_scripts.mni152 import load_template
+from helpers import tiny_sam_model
+from medsa_peft.data.builders import prepare_dataset
+from medsa_peft.training import MedSATrainingArguments, train
+
+CROP = (slice(30, 62), slice(40, 66))  # 32 x 26 voxels of the 2 mm template, inside the brain
+CASE_STARTS = (30, 36, 42, 48, 54)  # first axial slice of each case, 3 slices deep, disjoint
+DEPTH = 3
+TISSUES = {"grey matter": (1,), "white matter": (2,)}
+
+
+@pytest.fixture(scope="module")
+def mni_cases() -> list[tuple[nib.Nifti1Image, nib.Nifti1Image]]:
+    """(T1, tissue labels) of small disjoint crops of the template, the template's affine carried along."""
+    t1, labels = load_template(2)
+    cut = (*CROP, slice(None))
+    t1, labels = t1.slicer[cut], labels.slicer[cut]
+    return [(t1.slicer[:, :, z : z + DEPTH], labels.slicer[:, :, z : z + DEPTH]) for z in CASE_STARTS]
+
+
+def save(image: nib.Nifti1Image, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(image, path)
+    return path
+
+
+def write_msd(root: Path, cases, test_cases=(), modality: str = "T1") -> Path:
+    """A Decathlon folder: dataset.json, imagesTr/, labelsTr/ and, given test cases, imagesTs/ with labelsTs/."""
+    training = []
+    for index, (image, label) in enumerate(cases):
+        name = f"brain_{index:03d}.nii.gz"
+        save(image, root / "imagesTr" / name)
+        save(label, root / "labelsTr" / name)
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    for index, (image, label) in enumerate(test_cases):
+        save(image, root / "imagesTs" / f"brain_t{index:03d}.nii.gz")
+        save(label, root / "labelsTs" / f"brain_t{index:03d}.nii.gz")
+    description = {
+        "name": "MNI",
+        "modality": {"0": modality},
+        "labels": {"0": "background", "1": "grey matter", "2": "white matter"},
+        "numTraining": len(training),
+        "training": training,
+        "test": [],
+    }
+    (root / "dataset.json").write_text(json.dumps(description))
+    return root
+
+
+def inverted(image: nib.Nifti1Image) -> nib.Nifti1Image:
+    return nib.Nifti1Image(1.0 - image.get_fdata(dtype=np.float32), image.affine)
+
+
+def write_nnunet_v2(root: Path, cases, labels: dict | None = None) -> Path:
+    """An nnU-Net v2 folder of two channels: _0000 the T1, _0001 its inverse."""
+    for index, (image, label) in enumerate(cases):
+        save(image, root / "imagesTr" / f"brain_{index:03d}_0000.nii.gz")
+        save(inverted(image), root / "imagesTr" / f"brain_{index:03d}_0001.nii.gz")
+        save(label, root / "labelsTr" / f"brain_{index:03d}.nii.gz")
+    description = {
+        "channel_names": {"0": "T1", "1": "FLAIR"},
+        "labels": labels or {"background": 0, "grey matter": 1, "white matter": 2},
+        "numTraining": len(cases),
+        "file_ending": ".nii.gz",
+    }
+    (root / "dataset.json").write_text(json.dumps(description))
+    return root
+
+
+def write_pictures(root: Path, cases, binary: bool, mask_folder: str = "masks") -> Path:
+    """A 2D folder: the middle slice of each case as an 8-bit PNG, its mask (0/255 brain or 0/1/2 tissue)."""
+    for index, (image, label) in enumerate(cases):
+        pixels = np.rint(np.clip(image.get_fdata()[:, :, 1], 0, 1) * 255).astype(np.uint8)
+        tissue = np.asarray(label.dataobj)[:, :, 1]
+        mask = np.where(tissue > 0, 255, 0) if binary else tissue
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / mask_folder).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(root / "images" / f"slice_{index}.png")
+        Image.fromarray(mask.astype(np.uint8)).save(root / mask_folder / f"slice_{index}.png")
+    return root
+
+
+@pytest.fixture
+def prepare(tmp_path):
+    def prepare(folder: Path, **options):
+        return prepare_dataset(str(folder), cache_dir=str(tmp_path / "cache"), **options)
+
+    return prepare
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Layouts
+
+
+def test_msd_folder_gives_its_classes_modality_and_a_seeded_split_by_case(tmp_path, mni_cases, prepare):
+    folder = write_msd(tmp_path / "Task99_MNI", mni_cases)
+    data = prepare(folder)
+
+    assert data.name == "Task99_MNI" and data.config_name == "msd"
+    assert data.classes == TISSUES and data.modality == "mri"
+    assert data.evaluation_split == "validation" and len(data.evaluation) == 1 and len(data.train) == 4
+    assert not set(data.train["id"]) & set(data.evaluation["id"])
+    example = data.train[0]
+    assert example["image"].shape == example["label"].shape == (32, 26, DEPTH)
+    np.testing.assert_allclose(example["image"].affine, mni_cases[0][0].affine)
+    # the same seed holds out the same case; another fraction holds out more
+    assert prepare(folder).evaluation["id"] == data.evaluation["id"]
+    assert len(prepare(folder, validation_fraction=0.5).evaluation) == 2
+
+
+def test_msd_labelled_test_split_is_the_held_out_split(tmp_path, mni_cases, prepare):
+    data = prepare(write_msd(tmp_path / "msd", mni_cases[:3], test_cases=mni_cases[3:]))
+
+    assert data.evaluation_split == "test" and data.evaluation["id"] == ["brain_t000", "brain_t001"]
+    assert len(data.train) == 3
+
+
+def test_nnunet_v2_channel_option_picks_the_channel_file_and_regions_become_classes(tmp_path, mni_cases, prepare):
+    labels = {"background": 0, "grey matter": 1, "white matter": 2, "brain tissue": [1, 2]}
+    folder = write_nnunet_v2(tmp_path / "Dataset099_MNI", mni_cases, labels)
+
+    first = prepare(folder)
+    assert first.config_name == "nnunet_v2" and first.modality == "mri"
+    assert first.classes == {**TISSUES, "brain tissue": (1, 2)}
+    second = prepare(folder, channel=1)
+    case = first.train["id"][0]
+    t1 = first.train[0]["image"].get_fdata()
+    flair = second.train[second.train["id"].index(case)]["image"].get_fdata()
+    np.testing.assert_allclose(flair, 1.0 - t1, atol=1e-6)
+    assert second.evaluation["id"] == first.evaluation["id"]
+
+
+def test_nnunet_v2_ignore_label_is_neither_a_class_nor_an_error(tmp_path, mni_cases, prepare):
+    folder = write_nnunet_v2(tmp_path / "v2", mni_cases, {"background": 0, "grey matter": 1, "ignore": 2})
+    assert prepare(folder).classes == {"grey matter": (1,)}
+
+
+def test_overrides_of_classes_and_modality(tmp_path, mni_cases, prepare):
+    folder = write_msd(tmp_path / "msd", mni_cases)
+    data = prepare(folder, classes='{"white matter": [2]}', modality="CT")
+    assert data.classes == {"white matter": (2,)} and data.modality == "ct"
+    with pytest.raises(ValueError, match=r"--classes names label values \[7\]"):
+        prepare(folder, classes='{"tumour": [7]}')
+
+
+@pytest.mark.parametrize(
+    ("name", "rule"),
+    [("CT", "ct"), ("MRI", "mri"), ("MR", "mri"), ("T1", "mri"), ("t1gd", "mri"), ("T2w", "mri"), ("FLAIR", "mri"),
+     ("ADC", "mri"), ("ultrasound", "ultrasound")],
+)
+def test_modality_spellings_map_to_intensity_rules(name, rule):
+    assert canonical_modality(name) == rule
+
+
+def test_a_modality_without_a_rule_names_the_option(tmp_path, mni_cases, prepare):
+    with pytest.raises(ValueError, match="--modality"):
+        prepare(write_msd(tmp_path / "msd", mni_cases, modality="PET"))
+
+
+def test_binary_picture_folder_is_one_foreground_class(tmp_path, mni_cases, prepare):
+    data = prepare(write_pictures(tmp_path / "pictures", mni_cases, binary=True))
+
+    assert data.config_name == "images" and data.classes == {"foreground": (255,)} and data.modality == "photo"
+    assert len(data.train) == 4 and len(data.evaluation) == 1
+    example = data.train[0]
+    assert example["image"].size == (26, 32)  # any size: (width, height) of the slice
+    assert set(np.unique(np.asarray(example["label"]))) == {0, 255}
+
+
+def test_label_picture_folder_has_a_class_per_value_named_by_classes_json(tmp_path, mni_cases, prepare):
+    folder = write_pictures(tmp_path / "pictures", mni_cases, binary=False, mask_folder="labels")
+    assert prepare(folder).classes == {"class_1": (1,), "class_2": (2,)}
+
+    (folder / "classes.json").write_text(json.dumps({"grey matter": 1, "white matter": [2]}))
+    data = prepare(folder, modality="mri")
+    assert data.classes == TISSUES and data.modality == "mri"
+    np.testing.assert_array_equal(
+        np.asarray(data.train[0]["label"]), np.asarray(Image.open(folder / "labels" / f"{data.train[0]['id']}.png"))
+    )
+
+
+def test_training_on_a_folder_reports_its_class_names(tmp_path, mni_cases):
+    folder = write_msd(tmp_path / "Task99_MNI", mni_cases)
+    sam_dir = tmp_path / "sam"
+    tiny_sam_model().save_pretrained(sam_dir)
+    args = MedSATrainingArguments(
+        model=str(sam_dir),
+        dataset=str(folder),
+        cache_dir=str(tmp_path / "cache"),
+        output_dir=str(tmp_path / "run"),
+        max_steps=2,
+        eval_every=0,
+        save_every=0,
+        max_eval_cases=2,
+        report_to="none",
+        num_workers=0,
+    )
+    train(args)
+
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["dataset"] == "Task99_MNI" and metrics["evaluation_split"] == "validation"
+    assert {"dice/grey matter", "dice/white matter"} <= set(metrics["after"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Named errors, nothing written
+
+
+def assert_nothing_prepared(cache: Path):
+    assert not any(cache.rglob("*.arrow"))
+
+
+def test_dataset_json_listing_a_missing_file(tmp_path, mni_cases, prepare):
+    folder = write_msd(tmp_path / "msd", mni_cases)
+    (folder / "labelsTr" / "brain_002.nii.gz").unlink()
+    with pytest.raises(MissingDataError, match="brain_002.nii.gz listed in .*dataset.json does not exist"):
+        prepare(folder)
+    assert_nothing_prepared(tmp_path / "cache")
+
+
+def test_label_of_another_shape(tmp_path, mni_cases, prepare):
+    folder = write_msd(tmp_path / "msd", mni_cases)
+    save(mni_cases[1][1].slicer[:, :, :2], folder / "labelsTr" / "brain_001.nii.gz")
+    with pytest.raises(CorruptDataError, match="brain_001.nii.gz: label shape"):
+        prepare(folder)
+    assert_nothing_prepared(tmp_path / "cache")
+
+
+def test_label_of_another_affine(tmp_path, mni_cases, prepare):
+    folder = write_nnunet_v2(tmp_path / "v2", mni_cases)
+    image, label = mni_cases[3]
+    moved = label.affine.copy()
+    moved[:3, 3] += 4.0
+    save(nib.Nifti1Image(np.asarray(label.dataobj), moved), folder / "labelsTr" / "brain_003.nii.gz")
+    with pytest.raises(CorruptDataError, match="brain_003.nii.gz: label affine"):
+        prepare(folder)
+    assert_nothing_prepared(tmp_path / "cache")
+
+
+def test_label_values_absent_from_dataset_json(tmp_path, mni_cases, prepare):
+    folder = write_nnunet_v2(tmp_path / "v2", mni_cases)
+    _, label = mni_cases[2]
+    values = np.asarray(label.dataobj).copy()
+    values[0, 0, 0] = 5
+    save(nib.Nifti1Image(values, label.affine), folder / "labelsTr" / "brain_002.nii.gz")
+    with pytest.raises(CorruptDataError, match=r"brain_002.nii.gz: label values \[5\] are not among"):
+        prepare(folder)
+    assert_nothing_prepared(tmp_path / "cache")
+
+
+def test_image_without_a_label(tmp_path, mni_cases, prepare):
+    volumes = write_nnunet_v2(tmp_path / "v2", mni_cases)
+    (volumes / "labelsTr" / "brain_004.nii.gz").unlink()
+    with pytest.raises(MissingDataError, match="no label for image .*brain_004_0000.nii.gz"):
+        prepare(volumes)
+    pictures = write_pictures(tmp_path / "pictures", mni_cases, binary=True)
+    (pictures / "masks" / "slice_3.png").unlink()
+    with pytest.raises(MissingDataError, match="no label for image .*slice_3.png"):
+        prepare(pictures)
+    assert_nothing_prepared(tmp_path / "cache")
+
+
+def test_empty_folder_and_unknown_layout(tmp_path, prepare):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MissingDataError, match="is empty"):
+        prepare(tmp_path / "empty")
+    (tmp_path / "other" / "scans").mkdir(parents=True)
+    with pytest.raises(MissingDataError, match="Known layouts: msd: .*nnunet_v2: .*images: "):
+        prepare(tmp_path / "other")
+    with pytest.raises(ValueError, match="or a local folder"):
+        prepare(tmp_path / "absent")
+
+
+def test_too_few_cases_to_hold_one_out(tmp_path, mni_cases, prepare):
+    with pytest.raises(MissingDataError, match="at least 2"):
+        prepare(write_msd(tmp_path / "msd", mni_cases[:1]))
+
+
+def test_four_dimensional_decathlon_image_is_refused_with_the_way_out(tmp_path, mni_cases, prepare):
+    folder = write_msd(tmp_path / "msd", mni_cases)
+    image = mni_cases[0][0]
+    channels = np.stack([image.get_fdata(dtype=np.float32)] * 2, axis=-1)
+    save(nib.Nifti1Image(channels, image.affine), folder / "imagesTr" / "brain_000.nii.gz")
+    with pytest.raises(CorruptDataError, match="a 4D image of 2 channels; .*nnU-Net v2"):
+        prepare(folder)
+    assert_nothing_prepared(tmp_path / "cache")
