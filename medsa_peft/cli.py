@@ -7,6 +7,8 @@ more subcommands slot in beside them.
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +19,16 @@ from .conversion import convert_official_checkpoint
 from .data.preprocess import MODALITIES
 from .inference.predictor import DTYPES, PHOTO, MedSAPredictor
 from .inference.prompts import Box3D, SlicePrompt
-from .io import PICTURE_SUFFIXES, file_suffix
+from .io import DEFAULT_MAX_IMAGE_BYTES, PICTURE_SUFFIXES, file_suffix, read_image
+
+__all__ = [
+    "build_parser",
+    "main",
+]
+
+# Options whose value may start with a minus sign (a negative coordinate), which argparse takes for an option.
+_COORDINATE_OPTIONS = ("--box", "--point")
+_BYTE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
 def _numbers(text: str, counts: tuple[int, ...], what: str) -> list[float]:
@@ -28,6 +39,8 @@ def _numbers(text: str, counts: tuple[int, ...], what: str) -> list[float]:
     if len(values) not in counts:
         shapes = " or ".join(str(count) for count in counts)
         raise argparse.ArgumentTypeError(f"{what} takes {shapes} comma-separated numbers, got {text!r}")
+    if not all(math.isfinite(value) for value in values):
+        raise argparse.ArgumentTypeError(f"{what} takes finite numbers, got {text!r}")
     return values
 
 
@@ -36,7 +49,32 @@ def _box(text: str) -> list[float]:
 
 
 def _point(text: str) -> list[float]:
-    return _numbers(text, (2, 3), "--point (x,y or x,y,label)")
+    values = _numbers(text, (2, 3), "--point (x,y or x,y,label)")
+    if len(values) == 3 and values[2] not in (0.0, 1.0):
+        raise argparse.ArgumentTypeError(
+            f"--point label must be 1 (object) or 0 (background), got {text.split(',')[2].strip()!r} in {text!r}"
+        )
+    return values
+
+
+def _byte_count(text: str) -> int:
+    """A number of bytes, with an optional binary unit: 4294967296, 4G, 4GiB, 512M."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)(?:i?B)?\s*", text, flags=re.IGNORECASE)
+    count = int(float(match[1]) * _BYTE_UNITS[match[2].upper()]) if match else 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"--max-image-bytes takes a positive size such as 4G or 512M, got {text!r}")
+    return count
+
+
+def _attached_values(argv: Sequence[str]) -> list[str]:
+    """`--box -5,1,20,30` -> `--box=-5,1,20,30`: argparse reads a value that starts with '-' as an option."""
+    joined: list[str] = []
+    for token in argv:
+        if joined and joined[-1] in _COORDINATE_OPTIONS and re.match(r"-[\d.]", token):
+            joined[-1] = f"{joined[-1]}={token}"
+        else:
+            joined.append(token)
+    return joined
 
 
 def _prompt(args: argparse.Namespace):
@@ -64,10 +102,18 @@ def _output_paths(inputs: list[Path], output: Path, overlay: Path | None) -> lis
     if output.suffix or (overlay is not None and overlay.suffix):
         raise ValueError(f"with {len(inputs)} inputs, --output (and --overlay) name folders, not files")
     paths = []
+    writers: dict[Path, Path] = {}
     for source in inputs:
         suffix = ".png" if file_suffix(source) in PICTURE_SUFFIXES else ".nii.gz"
         stem = _input_stem(source)
         paths.append((output / f"{stem}_mask{suffix}", None if overlay is None else overlay / f"{stem}_overlay.png"))
+        for written in filter(None, paths[-1]):
+            if written in writers:
+                raise ValueError(
+                    f"inputs {writers[written]} and {source} would both write {written}; give inputs with different "
+                    "file names, or run them separately"
+                )
+            writers[written] = source
     return paths
 
 
@@ -86,7 +132,8 @@ def _run_predict(args: argparse.Namespace) -> None:
         fused_attention=args.fused_attention,
     )
     for source, (mask_path, overlay_path) in zip(tqdm(args.input, desc="images", unit="image"), outputs, strict=True):
-        prediction = predictor.predict_file(source, prompt, modality=args.modality)
+        image = read_image(source, max_bytes=args.max_image_bytes)
+        prediction = predictor.predict_image(image, prompt, modality=args.modality)
         written = [prediction.save(mask_path)]
         if overlay_path is not None:
             written.append(prediction.save_overlay(overlay_path))
@@ -115,6 +162,12 @@ def add_predict_command(subparsers) -> None:
         "--modality", choices=(*MODALITIES, PHOTO), help="intensity normalisation (default: DICOM tag; pictures: photo)"
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    parser.add_argument(
+        "--max-image-bytes",
+        type=_byte_count,
+        default=DEFAULT_MAX_IMAGE_BYTES,
+        help="refuse an input larger than this once decoded, read from its header (default 4G); e.g. 8G, 512M",
+    )
     parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
     parser.add_argument("--chunk-depth", type=int, default=8, help="slices per pass of a depth (SD-Trans) adapter")
     parser.add_argument("--overlap", type=int, default=2, help="slices shared by consecutive chunks")
@@ -167,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `medsa-peft` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attached_values(sys.argv[1:] if argv is None else argv))
     try:
         args.handler(args)
     except (ValueError, OSError) as error:

@@ -197,3 +197,12 @@ def test_masks_must_be_boolean_2d():
         positive_clicks(np.ones((4, 4), np.uint8), 1, np.random.default_rng(0))
     with pytest.raises(ValueError, match="boolean array"):
         bounding_box(np.ones((2, 4, 4), bool))
+
+
+def test_slice_prompts_refuse_non_finite_coordinates():
+    from medsa_peft.data.prompts import PromptError, SlicePrompt
+
+    with pytest.raises(PromptError, match="finite"):
+        SlicePrompt(box=(float("nan"), 1, 5, 5))
+    with pytest.raises(PromptError, match="finite"):
+        SlicePrompt(points=[(3, float("inf"))])

@@ -258,6 +258,8 @@ class SlicePrompt:
             object.__setattr__(self, "box", box)
         if self.box is None and not points:
             raise PromptError("a slice prompt needs a box or at least one point")
+        if not all(math.isfinite(value) for value in (*(self.box or ()), *(v for point in points for v in point))):
+            raise PromptError(f"prompt coordinates must be finite numbers, got box {self.box}, points {points}")
         if any(len(point) != 2 for point in points):
             raise PromptError(f"points are (x, y) pairs, got {self.points}")
         if len(labels) != len(points) or any(label not in (0, 1) for label in labels):

@@ -15,6 +15,7 @@ slices one by one, in batches. Slices without a prompt are predicted empty.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from peft import PeftConfig, PeftModel
+from peft import PeftConfig, PeftModel, get_peft_model_state_dict
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import SamModel
 
@@ -42,29 +44,68 @@ from ..tuner.config import MEDSA_PEFT_TYPE
 from ..tuner.fast_paths import compile_sam_layers, use_fused_attention
 from .prompts import Prompt, PromptError, SlicePrompt, canonical_prompts
 
+__all__ = [
+    "AdapterNotFoundError",
+    "MedSAPredictor",
+    "Prediction",
+    "load_medsa_model",
+]
+
 PHOTO = "photo"  # the modality of a picture that does not say otherwise
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
 
+logger = logging.getLogger(__name__)
+
+
 class AdapterNotFoundError(FileNotFoundError):
     """The adapter folder or Hub repo is missing or incomplete."""
 
 
+def _finite_intensities(image: MedicalImage) -> np.ndarray:
+    """`image.array` with its NaN and infinite voxels set to the lowest finite value, so that the normalisation
+    ignores them; a warning names the file and the count."""
+    array = image.array
+    if not np.issubdtype(array.dtype, np.floating):
+        return array
+    finite = np.isfinite(array)
+    count = array.size - int(np.count_nonzero(finite))
+    if count == 0:
+        return array
+    if count == array.size:
+        raise ValueError(f"{image.path}: every voxel is NaN or infinite")
+    lowest = array.min(where=finite, initial=np.inf)
+    logger.warning(
+        "%s: %d of %d voxels are NaN or infinite; they are set to the lowest finite value (%g) before normalising",
+        image.path,
+        count,
+        array.size,
+        lowest,
+    )
+    return np.where(finite, array, lowest)
+
+
 def _normalise(image: MedicalImage, modality: str | None) -> np.ndarray:
-    """Intensities of `image` in [0, 1] by the data layer's rule for its modality."""
+    """Intensities of `image` in [0, 1] by the data layer's rule for its modality (NaN / inf voxels: see
+    `_finite_intensities`)."""
     if modality is None:
         modality = image.modality or (None if image.is_volume else PHOTO)
     if modality is None:
+        if image.kind == "dicom":
+            tag = image.modality_tag
+            reason = f"its DICOM Modality tag is {tag!r}, which names neither" if tag else "it has no Modality tag"
+        else:
+            reason = "a NIfTI file does not record it"
         raise ValueError(
             f"{image.path}: say which intensity normalisation applies: modality 'ct' (Hounsfield window) or 'mri' "
-            "(percentiles); a NIfTI file does not record it"
+            f"(percentiles), --modality on the command line; {reason}"
         )
     if modality not in MODALITIES:
         raise ValueError(f"{image.path}: unknown modality {modality!r}; expected one of {MODALITIES}")
     try:
-        return normalize_intensity(image.array, modality)
+        return normalize_intensity(_finite_intensities(image), modality)
     except ValueError as error:
         raise ValueError(f"{image.path}: {error}") from error
 
@@ -150,14 +191,53 @@ def load_medsa_model(
     if not base:
         raise ValueError(f"{adapter}: the adapter names no base model; pass the SAM model (--model)")
     dtype = _as_dtype(dtype)
+    device = _usable_device(device)
     try:
         sam = SamModel.from_pretrained(str(base), dtype=dtype)
     except OSError as error:
         raise FileNotFoundError(
             f"cannot load the SAM base model {str(base)!r} ({error}); pass it with --model"
         ) from error
-    peft_model = PeftModel.from_pretrained(sam, str(adapter))
-    return peft_model.to(device=device, dtype=dtype).eval()
+    try:
+        peft_model = PeftModel.from_pretrained(sam, str(adapter))
+    except SafetensorError as error:
+        raise ValueError(
+            f"{_weights_file(adapter)}: cannot load the adapter's weights, the file is damaged ({error}): empty, "
+            "truncated or not safetensors"
+        ) from error
+    peft_model = peft_model.to(device=device, dtype=dtype).eval()
+    _check_finite_weights(adapter, peft_model, dtype)
+    return peft_model
+
+
+def _usable_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device, after checking that torch can place a tensor there."""
+    try:
+        usable = torch.device(device)
+        torch.empty(0, device=usable)
+    except (RuntimeError, AssertionError) as error:  # a torch built without CUDA raises AssertionError
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = f"device {str(device)!r} is not usable here ({reason}); use 'cpu' or a GPU that torch sees"
+        raise ValueError(message) from error
+    return usable
+
+
+def _weights_file(adapter: str | os.PathLike) -> str:
+    """The adapter's safetensors file: its path for a local folder, else the file name and the Hub repo."""
+    local = Path(adapter) / ADAPTER_WEIGHT_FILES[0]
+    return str(local) if local.is_file() else f"{ADAPTER_WEIGHT_FILES[0]} of {adapter}"
+
+
+def _check_finite_weights(adapter: str | os.PathLike, model: PeftModel, dtype: torch.dtype) -> None:
+    """Raise ValueError when a weight of the adapter, as loaded in `dtype`, is NaN or infinite."""
+    weights = get_peft_model_state_dict(model)
+    damaged = [name for name, tensor in weights.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if damaged:
+        raise ValueError(
+            f"{adapter}: {len(damaged)} of the adapter's {len(weights)} weight tensors hold NaN or infinite values "
+            f"in {str(dtype).removeprefix('torch.')} (first: {damaged[0]}); the adapter is damaged or its training "
+            "diverged"
+        )
 
 
 class MedSAPredictor:
