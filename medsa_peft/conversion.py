@@ -437,7 +437,7 @@ def convert_official_checkpoint(
         _build_sam(sam_state, sam_config).save_pretrained(staging / "sam")
         model = get_peft_model(SamModel.from_pretrained(staging / "sam"), config)
         _load_adapter_tensors(model, adapter_state, sam_state)
-        config.base_model_name_or_path = str(targets["sam"].resolve())
+        config.base_model_name_or_path = f"../{targets['sam'].name}"  # beside the adapter; no path of this machine
         model.save_pretrained(staging / "adapter", save_embedding_layers=False)  # SAM has no vocabulary
         for name, target in targets.items():
             os.replace(staging / name, target)

@@ -190,6 +190,8 @@ def load_medsa_model(
     base = model or config.base_model_name_or_path
     if not base:
         raise ValueError(f"{adapter}: the adapter names no base model; pass the SAM model (--model)")
+    if model is None and Path(adapter).is_dir() and (Path(adapter) / base).is_dir():
+        base = Path(adapter) / base  # a base named relative to the adapter folder (converted checkpoints: "../sam")
     dtype = _as_dtype(dtype)
     device = _usable_device(device)
     try:
