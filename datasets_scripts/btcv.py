@@ -9,6 +9,7 @@ from pathlib import Path
 from monai.data import load_decathlon_datalist
 
 from ._common import (
+    CorruptDataError,
     MissingDataError,
     SegmentationConfig,
     VolumeBuilder,
@@ -109,15 +110,25 @@ class BTCV(VolumeBuilder):
 def _cases_from_json(root: Path, split_json: Path) -> dict[str, list[VolumeCase]]:
     if not split_json.is_file():
         raise MissingDataError(f"no split file {split_json}")
-    keys = json.loads(split_json.read_text())
+    try:
+        lists = json.loads(split_json.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CorruptDataError(f"{split_json}: not a JSON file ({error})") from error
+    if not isinstance(lists, dict) or "training" not in lists:
+        raise MissingDataError(f"{split_json}: no 'training' list (a MONAI split file maps 'training' to its cases)")
     cases = {}
     for key, split in (("training", "train"), ("validation", "validation")):
-        if key not in keys:
+        if key not in lists:
             continue
+        entries = lists[key]
+        if not isinstance(entries, list) or not all(
+            isinstance(entry, dict) and {"image", "label"} <= entry.keys() for entry in entries
+        ):
+            raise CorruptDataError(
+                f"{split_json}: its {key!r} list must hold objects with an \"image\" and a \"label\" path"
+            )
         entries = load_decathlon_datalist(split_json, is_segmentation=True, data_list_key=key, base_dir=root)
         cases[split] = [_json_case(entry, split_json) for entry in entries]
-    if not cases:
-        raise MissingDataError(f"{split_json} has neither a 'training' nor a 'validation' list")
     return cases
 
 

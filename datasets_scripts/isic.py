@@ -8,7 +8,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ._common import ImageBuilder, ImageCase, SegmentationConfig, cases_from_folder_pairs
+import numpy as np
+from PIL import Image
+
+from ._common import ImageBuilder, ImageCase, SegmentationConfig, binary_label_map, cases_from_folder_pairs
 
 __all__ = [
     "ISIC",
@@ -74,3 +77,10 @@ class ISIC(ImageBuilder):
 
     def _find_cases(self, root: Path) -> dict[str, list[ImageCase]]:
         return cases_from_folder_pairs(root, self.config.folders, lambda image: image.stem + self.config.mask_suffix)
+
+    def _labels(self, case: ImageCase) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The lesion is where any colour channel of the mask is lit, so that grey masks and colour ones (a red
+        lesion on black) read alike; grey-level conversion would darken a pure red lesion below the threshold."""
+        with Image.open(case.label) as mask:
+            brightest = np.asarray(mask.convert("RGB")).max(axis=2)
+        return binary_label_map(brightest), []

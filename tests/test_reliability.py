@@ -7,6 +7,7 @@ nibabel's anatomical.nii) and small files written here from them.
 
 import copy
 import gzip
+import json
 import logging
 import re
 import shutil
@@ -27,8 +28,13 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 from safetensors.torch import load_file, save_file
+from helpers import tiny_sam_model
 from test_inference import medsa_model, save_nifti, saved_model
 
+import builder_fixtures as fixtures
+from datasets_scripts._common import CorruptDataError, MissingDataError
+from datasets_scripts.btcv import BTCV
+from datasets_scripts.isic import ISIC
 from medsa_peft.cli import main
 from medsa_peft.inference import Box3D, MedSAPredictor, load_medsa_model
 from medsa_peft.io import DEFAULT_MAX_IMAGE_BYTES, ImageReadError, read_image
@@ -351,6 +357,97 @@ def test_damaged_adapter_weights_fail_at_load(sam, tmp_path):
         weights_file.write_bytes(content)
         with pytest.raises(ValueError, match=damaged_file):
             load_medsa_model(adapter_dir, sam_dir)
+
+
+def load_error(adapter_dir: Path, sam_dir: Path) -> str:
+    """The message of the ValueError that loading the adapter raises; it is one line and names the adapter."""
+    with pytest.raises(ValueError) as raised:
+        load_medsa_model(adapter_dir, sam_dir)
+    message = str(raised.value)
+    assert "\n" not in message and str(adapter_dir) in message
+    return message
+
+
+def test_an_adapter_of_an_unknown_peft_type_is_named(sam, tmp_path):
+    sam_dir, adapter_dir = saved_model(sam, tmp_path, depth_adapter=False)
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    (adapter_dir / "adapter_config.json").write_text(json.dumps(dict(config, peft_type="FOO")))
+    message = load_error(adapter_dir, sam_dir)
+    assert "adapter_config.json names peft_type 'FOO', a type PEFT does not know" in message
+    assert "a Med-SA adapter has peft_type 'MEDSA'" in message
+
+
+def test_an_adapter_of_another_sam_size_names_both(sam, tmp_path):
+    _, adapter_dir = saved_model(sam, tmp_path, depth_adapter=False)  # hidden size 32
+    tiny_sam_model(hidden_size=64).save_pretrained(tmp_path / "wider")
+    message = load_error(adapter_dir, tmp_path / "wider")
+    assert f"trained on another SAM than the base {tmp_path / 'wider'} (vision hidden size 64)" in message
+    first = "base_model.model.vision_encoder.layers.0.medsa_space_adapter.default.fc1.weight"
+    assert f"first {first} has [8, 32] where the base needs [16, 64]" in message
+
+
+def test_adapter_weights_that_do_not_match_its_config_are_refused(sam, tmp_path):
+    sam_dir, adapter_dir = saved_model(sam, tmp_path, depth_adapter=False)
+    config_file, weights_file = adapter_dir / "adapter_config.json", adapter_dir / "adapter_model.safetensors"
+    config, weights = json.loads(config_file.read_text()), load_file(weights_file)
+
+    config_file.write_text(json.dumps(dict(config, depth_adapter=True)))  # no depth adapter in the weights
+    with pytest.warns(UserWarning, match="Found missing adapter keys"):  # PEFT's own warning
+        message = load_error(adapter_dir, sam_dir)
+    described = "weight tensors of the adapter that adapter_config.json describes are missing"
+    assert f"{weights_file}: 8 of the 60 {described}" in message
+    assert "(base_model.model.vision_encoder.layers.0.medsa_depth_adapter.fc1.bias, " in message and ", ...)" in message
+
+    config_file.write_text(json.dumps(config))
+    name = sorted(weights)[0]
+    save_file({key: value for key, value in weights.items() if key != name}, weights_file, metadata={"format": "pt"})
+    with pytest.warns(UserWarning, match="Found missing adapter keys"):
+        message = load_error(adapter_dir, sam_dir)
+    assert f"1 of the {len(weights)} {described} ({name})" in message
+
+    extra = dict(weights, **{"base_model.model.extra.weight": weights[name].clone()})
+    save_file(extra, weights_file, metadata={"format": "pt"})
+    message = load_error(adapter_dir, sam_dir)
+    assert "holds 1 weight tensors that the adapter adapter_config.json describes does not have" in message
+    assert "(base_model.model.extra.weight); the config does not belong to these weights" in message
+
+
+# --- data builders -------------------------------------------------------------------------------------------------
+
+
+def prepared(builder_class, data_dir: Path, config_name: str, cache: Path) -> dict:
+    builder = builder_class(config_name=config_name, data_dir=str(data_dir), cache_dir=str(cache))
+    builder.download_and_prepare()
+    return builder.as_dataset()
+
+
+def test_an_isic_colour_mask_reads_as_its_lesion(tmp_path):
+    root = fixtures.write_isic(tmp_path / "isic", "isic2016")
+    red = np.zeros((*fixtures.disc().shape, 3), np.uint8)
+    red[fixtures.disc()] = (255, 0, 0)  # grey level 76: below the 0/255 threshold of a grey reading
+    Image.fromarray(red).save(root / "ISBI2016_ISIC_Part1_Training_GroundTruth" / "ISIC_0000000_Segmentation.png")
+    label = np.asarray(prepared(ISIC, root, "isic2016", tmp_path / "cache")["train"][0]["label"])
+    np.testing.assert_array_equal(label, np.where(fixtures.disc(), 255, 0))
+
+
+@pytest.mark.parametrize(
+    "content, error, expected",
+    [
+        ("{not json", CorruptDataError, "dataset_0.json: not a JSON file (Expecting property name"),
+        (json.dumps({"validation": []}), MissingDataError, "dataset_0.json: no 'training' list"),
+        (
+            json.dumps({"training": [{"img": "a.nii.gz"}]}),
+            CorruptDataError,
+            "dataset_0.json: its 'training' list must hold objects with an \"image\" and a \"label\" path",
+        ),
+    ],
+)
+def test_a_garbage_btcv_split_file_is_named(tmp_path, content, error, expected):
+    root = fixtures.write_btcv_monai(tmp_path / "btcv", training=(1,), validation=())
+    (root / "dataset_0.json").write_text(content)
+    with pytest.raises(error) as raised:
+        prepared(BTCV, root, "monai_json", tmp_path / "cache")
+    assert str(root / expected) in str(raised.value) and "\n" not in str(raised.value)
 
 
 # --- command line --------------------------------------------------------------------------------------------------

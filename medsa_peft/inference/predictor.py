@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from peft import PeftConfig, PeftModel, get_peft_model_state_dict
+from peft.utils import load_peft_weights
 from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import SamModel
@@ -42,7 +44,7 @@ from ..io import MedicalImage, Reorientation, read_image, write_mask
 from ..overlay import PREDICTION_COLOUR, busiest_slice, overlay
 from ..tuner.config import MEDSA_PEFT_TYPE
 from ..tuner.fast_paths import compile_sam_layers, use_fused_attention
-from .prompts import Prompt, PromptError, SlicePrompt, canonical_prompts
+from .prompts import Prompt, PromptError, SlicePrompt, canonical_prompts, prompted_file_slices
 
 __all__ = [
     "AdapterNotFoundError",
@@ -55,6 +57,12 @@ PHOTO = "photo"  # the modality of a picture that does not say otherwise
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+SHOWN_KEYS = 3  # weight names quoted in an error about missing or unexpected adapter weights
+# torch's load_state_dict error for a tensor of another shape
+SIZE_MISMATCH = re.compile(
+    r"size mismatch for (?P<name>\S+): copying a param with shape torch\.Size\((?P<saved>\[[^\]]*\])\) from "
+    r"checkpoint, the shape in current model is torch\.Size\((?P<needed>\[[^\]]*\])\)"
+)
 
 
 logger = logging.getLogger(__name__)
@@ -169,6 +177,11 @@ def _adapter_config(adapter: str | os.PathLike) -> PeftConfig:
         config = PeftConfig.from_pretrained(str(adapter))
     except (OSError, ValueError) as error:
         raise AdapterNotFoundError(f"{adapter}: no adapter found in this folder or Hub repo ({error})") from error
+    except KeyError as error:  # PEFT looks the type up in its table of known types
+        raise ValueError(
+            f"{adapter}: {ADAPTER_CONFIG_FILE} names peft_type {error.args[0]!r}, a type PEFT does not know; "
+            f"a Med-SA adapter has peft_type '{MEDSA_PEFT_TYPE.value}'"
+        ) from error
     peft_type = getattr(config.peft_type, "value", config.peft_type)  # PEFT's own types are enum members
     if peft_type != MEDSA_PEFT_TYPE:
         raise ValueError(f"{adapter}: a {peft_type} adapter, not a Med-SA ({MEDSA_PEFT_TYPE}) one")
@@ -207,6 +220,9 @@ def load_medsa_model(
             f"{_weights_file(adapter)}: cannot load the adapter's weights, the file is damaged ({error}): empty, "
             "truncated or not safetensors"
         ) from error
+    except RuntimeError as error:
+        raise ValueError(_load_failure(adapter, base, sam, error)) from error
+    _check_complete_weights(adapter, peft_model)
     peft_model = peft_model.to(device=device, dtype=dtype).eval()
     _check_finite_weights(adapter, peft_model, dtype)
     return peft_model
@@ -228,6 +244,45 @@ def _weights_file(adapter: str | os.PathLike) -> str:
     """The adapter's safetensors file: its path for a local folder, else the file name and the Hub repo."""
     local = Path(adapter) / ADAPTER_WEIGHT_FILES[0]
     return str(local) if local.is_file() else f"{ADAPTER_WEIGHT_FILES[0]} of {adapter}"
+
+
+def _load_failure(adapter: str | os.PathLike, base: str | os.PathLike, sam: SamModel, error: RuntimeError) -> str:
+    """One line for PEFT's failure to load the adapter's weights into `sam`: the first tensor of another shape (an
+    adapter trained on another SAM size), else the first line of the error."""
+    mismatch = SIZE_MISMATCH.search(str(error))
+    if mismatch is None:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return f"{adapter}: cannot load the adapter into the SAM base {base} ({reason})"
+    count = len(SIZE_MISMATCH.findall(str(error)))
+    return (
+        f"{adapter}: the adapter was trained on another SAM than the base {base} (vision hidden size "
+        f"{sam.config.vision_config.hidden_size}): {count} of its weight tensors have other shapes, first "
+        f"{mismatch['name']} has {mismatch['saved']} where the base needs {mismatch['needed']}"
+    )
+
+
+def _check_complete_weights(adapter: str | os.PathLike, model: PeftModel) -> None:
+    """Raise ValueError when the adapter's weight file lacks a weight of the adapter its config describes, or holds
+    one it does not describe (PEFT only warns, and leaves a missing weight at its initial value)."""
+    expected = set(get_peft_model_state_dict(model))
+    saved = set(load_peft_weights(str(adapter), device="cpu"))
+    missing, unexpected = sorted(expected - saved), sorted(saved - expected)
+    if missing:
+        raise ValueError(
+            f"{_weights_file(adapter)}: {len(missing)} of the {len(expected)} weight tensors of the adapter that "
+            f"{ADAPTER_CONFIG_FILE} describes are missing ({_first(missing)}); the file is incomplete or the config "
+            "does not belong to these weights (e.g. a changed depth_adapter)"
+        )
+    if unexpected:
+        raise ValueError(
+            f"{_weights_file(adapter)}: holds {len(unexpected)} weight tensors that the adapter {ADAPTER_CONFIG_FILE} "
+            f"describes does not have ({_first(unexpected)}); the config does not belong to these weights"
+        )
+
+
+def _first(names: list[str]) -> str:
+    """The first `SHOWN_KEYS` of `names`, then "..." when there are more."""
+    return ", ".join(names[:SHOWN_KEYS]) + (", ..." if len(names) > SHOWN_KEYS else "")
 
 
 def _check_finite_weights(adapter: str | os.PathLike, model: PeftModel, dtype: torch.dtype) -> None:
@@ -325,6 +380,8 @@ class MedSAPredictor:
         slices = np.moveaxis(reorientation.to_canonical(volume), 2, 0)
         logits = self.predict_logits(slices, prompts, description=image.path.name)
         mask = reorientation.to_file(np.moveaxis(logits.numpy() > 0, 0, 2))
+        # a box through non-axial file slices prompts canonical slices that reach beyond its own file slices
+        mask[:, :, ~prompted_file_slices(prompt, volume.shape[2])] = False
         return Prediction(mask if image.is_volume else mask[:, :, 0], image, normalized)
 
     @torch.inference_mode()

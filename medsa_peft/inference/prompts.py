@@ -12,10 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..data.prompts import PromptError, SlicePrompt
 from ..io import Reorientation
 
-__all__ = ["Box3D", "Prompt", "PromptError", "SlicePrompt", "canonical_prompts"]
+__all__ = ["Box3D", "Prompt", "PromptError", "SlicePrompt", "canonical_prompts", "prompted_file_slices"]
 
 
 @dataclass(frozen=True)
@@ -106,3 +108,15 @@ def canonical_prompts(prompt: Prompt, reorientation: Reorientation, where: str) 
         if slice_prompt is not None:
             canonical[int(reorientation.index(2, index)[1])] = _canonical_slice_prompt(reorientation, slice_prompt)
     return canonical
+
+
+def prompted_file_slices(prompt: Prompt, slices: int) -> np.ndarray:
+    """bool (slices,): the file slices (axis 2) that `prompt` (validated by `canonical_prompts`) prompts; masks are
+    empty on the others, also when the file's slices are not the canonical slices the model segments."""
+    if isinstance(prompt, SlicePrompt):
+        return np.ones(slices, bool)
+    if isinstance(prompt, Box3D):
+        prompted = np.zeros(slices, bool)
+        prompted[prompt.z0 : prompt.z1] = True
+        return prompted
+    return np.array([slice_prompt is not None for slice_prompt in prompt], bool)
