@@ -199,13 +199,13 @@ def test_training_on_a_folder_reports_its_class_names(tmp_path, mni_cases):
     sam_dir = tmp_path / "sam"
     tiny_sam_model().save_pretrained(sam_dir)
     args = MedSATrainingArguments(
-        model=str(sam_dir),
+        model_name_or_path=str(sam_dir),
         dataset=str(folder),
         cache_dir=str(tmp_path / "cache"),
         output_dir=str(tmp_path / "run"),
         max_steps=2,
         eval_every=0,
-        save_every=0,
+        checkpointing_steps=0,
         max_eval_cases=2,
         report_to="none",
         num_workers=0,

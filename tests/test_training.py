@@ -1,7 +1,10 @@
 """examples/train.py under Accelerate: learning signal, resume after a kill, two processes, Hub push, NaN stop,
 loader defaults."""
 
+import dataclasses
 import json
+import logging
+import math
 import os
 import signal
 import subprocess
@@ -15,13 +18,15 @@ import torch
 from peft import PeftConfig, PeftModel
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import SamModel
+from transformers import HfArgumentParser, SamModel
 
 import medsa_peft  # noqa: F401
 from medsa_peft.training.checkpoints import TRAINER_STATE, checkpoint_dirs, latest_checkpoint
 from medsa_peft.training.losses import DiceBCELoss
 from helpers import LocalHub, tiny_sam_model
 from medsa_peft.training import MedSATrainingArguments, train
+from medsa_peft.training import loop
+from medsa_peft.training.arguments import DEFAULT_MAX_STEPS
 from medsa_peft.training.loop import default_num_workers, train_loader
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -61,11 +66,11 @@ def quick_args(tiny_sam_dir, dataset_cache, output_dir, *extra):
 def quick_training(tiny_sam_dir, dataset_cache, output_dir, **overrides) -> MedSATrainingArguments:
     """In-process training options of the tests: the tiny SAM, a shared data set cache, no evaluation stops."""
     options = dict(
-        model=tiny_sam_dir,
+        model_name_or_path=tiny_sam_dir,
         cache_dir=dataset_cache,
         output_dir=str(output_dir),
         eval_every=0,
-        save_every=0,
+        checkpointing_steps=0,
         max_eval_cases=1,
         report_to="none",
     )
@@ -216,7 +221,7 @@ def test_a_non_finite_loss_stops_training_before_anything_is_saved(tiny_sam_dir,
         return loss * float("nan") if calls["n"] == 3 else loss
 
     monkeypatch.setattr(DiceBCELoss, "forward", loss_that_blows_up)
-    args = quick_training(tiny_sam_dir, dataset_cache, tmp_path, max_steps=5, save_every=1)
+    args = quick_training(tiny_sam_dir, dataset_cache, tmp_path, max_steps=5, checkpointing_steps=1)
     with pytest.raises(FloatingPointError, match="loss became nan at step 2"):
         train(args)
     assert [path.name for path in checkpoint_dirs(tmp_path)] == ["step-000001", "step-000002"]
@@ -257,11 +262,17 @@ def test_loader_defaults_overlap_loading_with_the_step(monkeypatch):
 
 
 def test_resuming_with_other_adapter_options_is_refused(tiny_sam_dir, dataset_cache, tmp_path):
-    train(quick_training(tiny_sam_dir, dataset_cache, tmp_path, max_steps=1, save_every=1))
+    train(quick_training(tiny_sam_dir, dataset_cache, tmp_path, max_steps=1, checkpointing_steps=1))
     with pytest.raises(ValueError, match="other adapter options"):
         train(
             quick_training(
-                tiny_sam_dir, dataset_cache, tmp_path, max_steps=2, save_every=1, resume="latest", official=True
+                tiny_sam_dir,
+                dataset_cache,
+                tmp_path,
+                max_steps=2,
+                checkpointing_steps=1,
+                resume_from_checkpoint="latest",
+                official=True,
             )
         )
 
@@ -285,3 +296,133 @@ def test_bad_arguments_are_clear_errors():
         MedSATrainingArguments(logging_steps=0)
     with pytest.raises(ValueError, match="num_workers"):
         MedSATrainingArguments(num_workers=-1)
+
+
+def parse(*options: str) -> MedSATrainingArguments:
+    (args,) = HfArgumentParser(MedSATrainingArguments).parse_args_into_dataclasses(list(options))
+    return args
+
+
+def test_hf_option_names_and_their_former_aliases_parse_alike(tiny_sam_dir):
+    renamed = {
+        "model_name_or_path": ("--model", tiny_sam_dir),
+        "per_device_train_batch_size": ("--batch_size", "3"),
+        "per_device_eval_batch_size": ("--eval_batch_size", "5"),
+        "resume_from_checkpoint": ("--resume", "latest"),
+        "checkpointing_steps": ("--save_every", "7"),
+    }
+    new = parse(*[item for name, (_, value) in renamed.items() for item in (f"--{name}", value)])
+    former = parse(*[item for alias, value in renamed.values() for item in (alias, value)])
+    assert new == former
+    assert (new.model_name_or_path, new.per_device_train_batch_size, new.per_device_eval_batch_size) == (
+        tiny_sam_dir,
+        3,
+        5,
+    )
+    assert (new.resume_from_checkpoint, new.checkpointing_steps) == ("latest", 7)
+    assert parse("--lr_scheduler_type", "linear", "--num_train_epochs", "2.5").lr_scheduler_type == "linear"
+    assert parse().lr_scheduler_type == "cosine" and parse().max_steps is None
+
+
+def test_max_steps_wins_over_epochs_and_epochs_count_optimisation_steps():
+    assert MedSATrainingArguments(max_steps=5, num_train_epochs=3).training_steps(steps_per_epoch=10) == 5
+    assert MedSATrainingArguments(num_train_epochs=2.5).training_steps(steps_per_epoch=3) == 8
+    assert MedSATrainingArguments(num_train_epochs=0.01).training_steps(steps_per_epoch=3) == 1
+    assert MedSATrainingArguments().training_steps(steps_per_epoch=3) == DEFAULT_MAX_STEPS == 600
+
+
+def test_every_option_has_help_and_shows_its_default():
+    options = dataclasses.fields(MedSATrainingArguments)
+    assert [field.name for field in options if not field.metadata.get("help")] == []
+    result = subprocess.run(
+        [sys.executable, TRAIN_SCRIPT, "--help"], env=environment(), capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    usage, listing = result.stdout.split("options:")
+    entries = listing.split("\n  --")[1:]  # one per option, its help wrapped below it
+    for field in options:
+        (entry,) = [entry for entry in entries if entry.startswith(f"{field.name} ") or entry == field.name]
+        assert "(default: " in " ".join(entry.split()), field.name
+    for alias in ("--model", "--batch_size", "--eval_batch_size", "--resume", "--save_every"):
+        assert f"{alias} " in listing
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--save_every", "-1"], "--checkpointing_steps/--save_every must be at least 0 (0: never), got -1"),
+        (["--checkpointing_steps", "-1"], "--checkpointing_steps/--save_every must be at least 0"),
+        (["--eval_every", "-1"], "--eval_every must be at least 0 (0: only at the start and end), got -1"),
+        (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be at least 1, got 0"),
+        (["--batch_size", "0"], "--per_device_train_batch_size/--batch_size must be at least 1, got 0"),
+        (["--num_train_epochs", "0"], "--num_train_epochs must be above 0, got 0"),
+        (["--max_steps", "0"], "--max_steps must be at least 1, got 0"),
+        (["--model", "./no/such/sam"], "--model_name_or_path/--model ./no/such/sam: the folder does not exist"),
+    ],
+)
+def test_bad_training_options_are_refused_at_parse_time(options, message):
+    with pytest.raises(ValueError) as error:
+        parse(*options)
+    assert str(error.value).startswith(message), str(error.value)
+    assert parse("--save_every", "0", "--eval_every", "0").checkpointing_steps == 0  # 0 keeps its meaning
+
+
+def test_an_adapter_folder_given_as_the_model_is_named_as_such(tmp_path):
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="is a Med-SA adapter folder, not a SAM.*medsa-peft predict.*--resume"):
+        parse("--model", str(tmp_path))
+
+
+def test_the_script_reports_a_bad_option_in_one_line_and_exits_2(tmp_path):
+    result = subprocess.run(
+        [sys.executable, TRAIN_SCRIPT, "--save_every", "-1", "--output_dir", str(tmp_path / "run")],
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    error = "--checkpointing_steps/--save_every must be at least 0 (0: never), got -1"
+    assert result.stderr == f"train.py: error: {error}\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_epochs_set_the_steps_through_the_chosen_schedule_and_the_run_is_summarised(
+    tiny_sam_dir, dataset_cache, tmp_path, monkeypatch, caplog
+):
+    schedules = []
+    real_get_scheduler = loop.get_scheduler
+
+    def recording_get_scheduler(name, optimizer, **kwargs):
+        schedules.append((name, kwargs))
+        return real_get_scheduler(name, optimizer, **kwargs)
+
+    monkeypatch.setattr(loop, "get_scheduler", recording_get_scheduler)
+    caplog.set_level(logging.INFO, logger="medsa_peft")
+    args = quick_training(
+        tiny_sam_dir,
+        dataset_cache,
+        tmp_path,
+        num_train_epochs=0.02,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        lr_scheduler_type="linear",
+        warmup_steps=1,
+        num_workers=0,
+    )
+    metrics = train(args)
+    (summary,) = [record.getMessage() for record in caplog.records if "Running training" in record.getMessage()]
+    samples = int(summary.split("Num samples = ")[1].split("\n")[0].replace(",", ""))
+    steps_per_epoch = math.ceil(math.ceil(samples / 2) / 2)
+    steps = math.ceil(0.02 * steps_per_epoch)
+    assert metrics["steps"] == steps
+    assert schedules == [("linear", {"num_warmup_steps": 1, "num_training_steps": steps})]
+    for line in (
+        "Batch size per device = 2",
+        "Processes = 1",
+        "Gradient accumulation steps = 2",
+        "Total train batch size (per device x processes x accumulation) = 4",
+        f"Total optimisation steps = {steps}",
+        f"Num epochs = {steps / steps_per_epoch:.2f} ({steps_per_epoch:,} optimisation steps each)",
+    ):
+        assert f"  {line}" in summary, line

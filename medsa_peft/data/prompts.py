@@ -32,7 +32,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from .preprocess import frame_coordinates
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 from datasets_scripts.folder import canonical_modality, parse_classes
 
@@ -10,18 +15,34 @@ from ..data.builders import EMBEDDED_DEFAULT
 from ..data.prompts import PromptSpec
 from ..tuner.config import MedSAConfig
 
-__all__ = ["MedSATrainingArguments"]
+__all__ = ["DEFAULT_MAX_STEPS", "LR_SCHEDULERS", "MedSATrainingArguments"]
 
-
+DEFAULT_MAX_STEPS = 600  # without --max_steps and --num_train_epochs
+# transformers' `get_scheduler` types that need no option beyond the warm-up and the number of steps
+LR_SCHEDULERS = (
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+)
 @dataclass
 class MedSATrainingArguments:
     """Options of `examples/train.py` (each is a `--flag`); the defaults run the offline demo.
 
-    Named apart from transformers' `TrainingArguments`, which drives its `Trainer`, not this loop.
+    Named apart from transformers' `TrainingArguments`, which drives its `Trainer`, not this loop. Options carry
+    the names of transformers' no_trainer example scripts; the former names stay accepted on the command line
+    (`--model`, `--batch_size`, `--eval_batch_size`, `--resume`, `--save_every`).
     """
 
-    model: str | None = field(
-        default=None, metadata={"help": "SAM to adapt: a Hub id or folder; default: the tiny SAM shipped offline"}
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "aliases": ["--model"],
+            "help": "SAM to adapt: a Hub id or a folder; None: the tiny SAM shipped offline",
+        },
     )
     dataset: str = field(
         default=EMBEDDED_DEFAULT,
@@ -54,30 +75,56 @@ class MedSATrainingArguments:
         metadata={"help": "'box', 'box:IOU', 'points:K' or 'points:K+NEG' (positive+negative clicks)"},
     )
     official: bool = field(default=False, metadata={"help": "MedSAConfig.official(): the authors' configuration"})
-    bottleneck_ratio: float = 0.25
-    mlp_adapter_scale: float = 0.5
-    activation: str = "gelu"
-    init: str = "zero"
-    hyper_dim: int = 32
-    output_dir: str = "outputs/medsa-demo"
-    max_steps: int = 600
-    batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 5e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 20
+    bottleneck_ratio: float = field(default=0.25, metadata={"help": "adapter bottleneck width / model width"})
+    mlp_adapter_scale: float = field(default=0.5, metadata={"help": "scale of the MLP-parallel adapter"})
+    activation: str = field(default="gelu", metadata={"help": "activation inside the adapters"})
+    init: str = field(default="zero", metadata={"help": "adapter initialisation ('zero': start as SAM)"})
+    hyper_dim: int = field(default=32, metadata={"help": "width of the hyper-adapter (depth) projections"})
+    output_dir: str = field(
+        default="outputs/medsa-demo", metadata={"help": "where results, checkpoints and logs are written"}
+    )
+    max_steps: int | None = field(
+        default=None,
+        metadata={"help": f"optimiser steps; wins over --num_train_epochs; without either: {DEFAULT_MAX_STEPS}"},
+    )
+    num_train_epochs: float | None = field(
+        default=None,
+        metadata={"help": "passes over the training samples, turned into steps when --max_steps is not given"},
+    )
+    per_device_train_batch_size: int = field(
+        default=4,
+        metadata={"aliases": ["--batch_size"], "help": "training samples per process and forward pass"},
+    )
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "forward/backward passes per optimiser step"})
+    learning_rate: float = field(default=5e-3, metadata={"help": "AdamW's peak learning rate"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW's weight decay"})
+    lr_scheduler_type: str = field(
+        default="cosine",
+        metadata={
+            "choices": LR_SCHEDULERS,
+            "help": "learning-rate schedule after the warm-up (transformers' get_scheduler)",
+        },
+    )
+    warmup_steps: int = field(default=20, metadata={"help": "optimiser steps of linear learning-rate warm-up"})
     eval_every: int = field(default=100, metadata={"help": "evaluate every N optimiser steps (0: only at the ends)"})
-    save_every: int = field(default=100, metadata={"help": "checkpoint every N optimiser steps (0: never)"})
-    eval_batch_size: int = 8
+    checkpointing_steps: int = field(
+        default=100,
+        metadata={"aliases": ["--save_every"], "help": "checkpoint every N optimiser steps (0: never)"},
+    )
+    per_device_eval_batch_size: int = field(
+        default=8, metadata={"aliases": ["--eval_batch_size"], "help": "slices per evaluation forward pass"}
+    )
     max_eval_cases: int | None = field(default=None, metadata={"help": "cap on (volume, class) evaluation cases"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "activation checkpointing per layer"})
     fused_attention: bool = field(
         default=True, metadata={"help": "SAM's attention without its (HW x HW) bias (--no_fused_attention: SAM's own)"}
     )
     compile: bool = field(default=False, metadata={"help": "torch.compile the encoder layers, decoder side"})
-    resume: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder"})
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"aliases": ["--resume"], "help": "'latest' or a checkpoint folder"}
+    )
+    push_to_hub: bool = field(default=False, metadata={"help": "upload the adapter to the Hub when training ends"})
+    hub_model_id: str | None = field(default=None, metadata={"help": "the Hub repository of --push_to_hub: user/name"})
     report_to: str = field(
         default="auto", metadata={"help": "'tensorboard', 'none' or 'auto' (tensorboard if installed)"}
     )
@@ -88,13 +135,27 @@ class MedSATrainingArguments:
     logging_steps: int = field(
         default=10, metadata={"help": "read and log the loss, and check it is finite, every N optimiser steps"}
     )
-    seed: int = 0
-
-    def __post_init__(self):
+    seed: int = field(default=0, metadata={"help": "seed of torch, numpy, Python and the evaluation prompts"})
+    def __post_init__(self) -> None:
         if self.volume_depth < 1:
             raise ValueError(f"--volume_depth must be at least 1, got {self.volume_depth}")
-        if self.max_steps < 1:
+        if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"--max_steps must be at least 1, got {self.max_steps}")
+        if self.num_train_epochs is not None and self.num_train_epochs <= 0:
+            raise ValueError(f"--num_train_epochs must be above 0, got {self.num_train_epochs}")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{_option(name)} must be at least 1, got {getattr(self, name)}")
+        for name, meaning in (("checkpointing_steps", "never"), ("eval_every", "only at the start and end")):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{_option(name)} must be at least 0 (0: {meaning}), got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"--warmup_steps must be at least 0, got {self.warmup_steps}")
+        if self.lr_scheduler_type not in LR_SCHEDULERS:
+            choices = ", ".join(LR_SCHEDULERS)
+            raise ValueError(f"--lr_scheduler_type must be one of {choices}, got {self.lr_scheduler_type!r}")
+        if self.model_name_or_path is not None:
+            _check_model_source(self.model_name_or_path)
         if self.logging_steps < 1:
             raise ValueError(f"--logging_steps must be at least 1, got {self.logging_steps}")
         if self.num_workers is not None and self.num_workers < 0:
@@ -110,6 +171,14 @@ class MedSATrainingArguments:
         if self.modality is not None:
             canonical_modality(self.modality)
         PromptSpec.parse(self.prompt)  # fail early on a bad prompt
+
+    def training_steps(self, steps_per_epoch: int) -> int:
+        """Optimiser steps of the run: --max_steps, else --num_train_epochs of `steps_per_epoch`, else the default."""
+        if self.max_steps is not None:
+            return self.max_steps
+        if self.num_train_epochs is not None:
+            return max(1, math.ceil(self.num_train_epochs * steps_per_epoch))
+        return DEFAULT_MAX_STEPS
 
     def medsa_config(self) -> MedSAConfig:
         depth = self.volume_depth > 1
@@ -128,3 +197,28 @@ class MedSATrainingArguments:
         if self.dataset_config is None and self.dataset == EMBEDDED_DEFAULT:
             return "3d" if self.volume_depth > 1 else "2d"
         return self.dataset_config
+
+
+def _check_model_source(source: str) -> None:
+    """Refuse a `--model` that names neither a SAM folder on this machine nor a possible Hub id."""
+    option = "--model_name_or_path/--model"
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if (path / "adapter_config.json").is_file():
+            raise ValueError(
+                f"{option} {source}: is a Med-SA adapter folder, not a SAM; segment with it through "
+                "`medsa-peft predict --adapter`, or continue its run with --resume_from_checkpoint"
+            )
+        return
+    try:
+        validate_repo_id(source)
+    except HFValidationError:
+        raise ValueError(f"{option} {source}: the folder does not exist (nor is it a Hub id)") from None
+    if path.exists() or source.startswith((".", "/", "~")):
+        raise ValueError(f"{option} {source}: the folder does not exist (nor is it a Hub id)")
+
+
+def _option(name: str) -> str:
+    """The command-line spelling of field `name` with its former aliases: "--checkpointing_steps/--save_every"."""
+    aliases = MedSATrainingArguments.__dataclass_fields__[name].metadata.get("aliases", [])
+    return "/".join([f"--{name}", *aliases])

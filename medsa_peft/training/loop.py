@@ -19,7 +19,7 @@ from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 from huggingface_hub import CommitOperationAdd, HfApi
 from peft import get_peft_model
 from tqdm.auto import tqdm
-from transformers import SamModel, get_cosine_schedule_with_warmup
+from transformers import SamModel, get_scheduler
 
 from ..data import PromptSpec, SamFrame, SamTrainingSamples, collate_sam, sam_pixel_values
 from ..data.builders import prepare_dataset
@@ -145,6 +145,28 @@ def _summary_line(title: str, summary: dict[str, float], classes: list[str]) -> 
     return f"{title}: mean Dice {summary['dice']:.4f} ({per_class})"
 
 
+def _log_run_summary(
+    num_samples: int,
+    args: MedSATrainingArguments,
+    num_processes: int,
+    steps_per_epoch: int,
+    max_steps: int,
+) -> None:
+    """The "Running training" summary of transformers' Trainer, through this module's logger (main process)."""
+    total_batch = args.per_device_train_batch_size * num_processes * args.gradient_accumulation_steps
+    lines = [
+        "***** Running training *****",
+        f"  Num samples = {num_samples:,}",
+        f"  Num epochs = {max_steps / steps_per_epoch:.2f} ({steps_per_epoch:,} optimisation steps each)",
+        f"  Batch size per device = {args.per_device_train_batch_size}",
+        f"  Processes = {num_processes}",
+        f"  Gradient accumulation steps = {args.gradient_accumulation_steps}",
+        f"  Total train batch size (per device x processes x accumulation) = {total_batch:,}",
+        f"  Total optimisation steps = {max_steps:,}",
+    ]
+    logger.info("\n".join(lines))
+
+
 def train(args: MedSATrainingArguments) -> dict:
     """Train a Med-SA adapter as `args` says; returns the metrics written to `output_dir/metrics.json`."""
     accelerator = Accelerator(
@@ -171,7 +193,7 @@ def train(args: MedSATrainingArguments) -> dict:
     classes = list(data.classes)
     prompt = PromptSpec.parse(args.prompt)
 
-    model_source = args.model or str(default_model_path())
+    model_source = args.model_name_or_path or str(default_model_path())
     sam = SamModel.from_pretrained(model_source)
     frame = SamFrame.from_config(sam.config)
     medsa_config = args.medsa_config()
@@ -191,16 +213,27 @@ def train(args: MedSATrainingArguments) -> dict:
         samples = SamTrainingSamples(
             data.train, data.classes, data.modality, frame, prompt, args.volume_depth, num_proc=num_workers + 1
         )
-    loader = train_loader(samples, args.batch_size, num_workers, pin_memory=accelerator.device.type != "cpu")
+    batch_size = args.per_device_train_batch_size
+    loader = train_loader(samples, batch_size, num_workers, pin_memory=accelerator.device.type != "cpu")
+    # Each process takes every num_processes-th batch (Accelerate evens the last round out); Accelerate also
+    # steps at the end of the loader, so a last partial accumulation counts as a step.
+    steps_per_epoch = math.ceil(
+        math.ceil(len(samples) / (batch_size * accelerator.num_processes)) / args.gradient_accumulation_steps
+    )
+    max_steps = args.training_steps(steps_per_epoch)
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=args.learning_rate, weight_decay=args.weight_decay
     )
     # Accelerate steps a prepared scheduler once per process for every optimiser step (batches are not split).
-    scheduler = get_cosine_schedule_with_warmup(
-        optimizer, args.warmup_steps * accelerator.num_processes, args.max_steps * accelerator.num_processes
+    scheduler = get_scheduler(
+        args.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=args.warmup_steps * accelerator.num_processes,
+        num_training_steps=max_steps * accelerator.num_processes,
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     accelerator.register_save_state_pre_hook(keep_trainable_weights)
+    _log_run_summary(len(samples), args, accelerator.num_processes, steps_per_epoch, max_steps)
     loss_fn = DiceBCELoss()
     depth = args.volume_depth if args.volume_depth > 1 else None
 
@@ -215,7 +248,7 @@ def train(args: MedSATrainingArguments) -> dict:
             frame,
             prompt,
             depth=depth,
-            batch_size=args.eval_batch_size,
+            batch_size=args.per_device_eval_batch_size,
             max_cases=args.max_eval_cases,
             seed=args.seed,
             progress=accelerator.is_main_process,
@@ -224,9 +257,12 @@ def train(args: MedSATrainingArguments) -> dict:
         return evaluation
 
     step, before = 0, None
-    checkpoint = latest_checkpoint(output_dir) if args.resume == "latest" else args.resume
-    if args.resume and checkpoint is None:
-        raise FileNotFoundError(f"--resume latest: no complete checkpoint under {output_dir / 'checkpoints'}")
+    resume = args.resume_from_checkpoint
+    checkpoint = latest_checkpoint(output_dir) if resume == "latest" else resume
+    if resume and checkpoint is None:
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint latest: no complete checkpoint under {output_dir / 'checkpoints'}"
+        )
     if checkpoint is not None:
         state = load_checkpoint(accelerator, checkpoint)
         step, before = state["step"], state["metrics_before"]
@@ -235,13 +271,10 @@ def train(args: MedSATrainingArguments) -> dict:
         before = evaluate("step 0").summary
 
     accelerator.init_trackers("medsa", config={k: v for k, v in asdict(args).items() if v is not None})
-    batches_per_epoch = len(loader)
-    # Accelerate also steps at the end of the loader, so a last partial accumulation counts as a step.
-    steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
-    progress = tqdm(total=args.max_steps, initial=step, desc="training", disable=not accelerator.is_main_process)
+    progress = tqdm(total=max_steps, initial=step, desc="training", disable=not accelerator.is_main_process)
     losses = LossMonitor(accelerator.device)
     model.train()
-    while step < args.max_steps:
+    while step < max_steps:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
         loader.set_epoch(epoch)
         skip = done_in_epoch * args.gradient_accumulation_steps
@@ -260,9 +293,9 @@ def train(args: MedSATrainingArguments) -> dict:
                 continue
             step += 1
             progress.update(1)
-            evaluating = args.eval_every and step % args.eval_every == 0 and step < args.max_steps
-            saving = args.save_every and step % args.save_every == 0
-            if step % args.logging_steps == 0 or evaluating or saving or step >= args.max_steps:
+            evaluating = args.eval_every and step % args.eval_every == 0 and step < max_steps
+            saving = args.checkpointing_steps and step % args.checkpointing_steps == 0
+            if step % args.logging_steps == 0 or evaluating or saving or step >= max_steps:
                 losses.check(accelerator, step)  # before anything is written from these weights
                 mean_loss = losses.mean()
                 progress.set_postfix(loss=f"{mean_loss:.4f}")
@@ -271,7 +304,7 @@ def train(args: MedSATrainingArguments) -> dict:
                 accelerator.log({f"eval/{k}": v for k, v in evaluate(f"step {step}").summary.items()}, step=step)
             if saving:
                 save_checkpoint(accelerator, output_dir, {"step": step, "metrics_before": before})
-            if step >= args.max_steps:
+            if step >= max_steps:
                 break
     progress.close()
 
