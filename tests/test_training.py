@@ -383,7 +383,9 @@ def test_the_script_reports_a_bad_option_in_one_line_and_exits_2(tmp_path):
     )
     assert result.returncode == 2
     error = "--checkpointing_steps/--save_every must be at least 0 (0: never), got -1"
-    assert result.stderr == f"train.py: error: {error}\n"
+    # one line, no traceback; other lines come only from libraries' import-time warnings (old pydicom releases)
+    ours = [line for line in result.stderr.splitlines() if "train.py" in line or "Traceback" in line]
+    assert ours == [f"train.py: error: {error}"], result.stderr
     assert not (tmp_path / "run").exists()
 
 
