@@ -419,19 +419,19 @@ def _voxel_bytes(file: Path) -> int:
     return sitk.GetArrayViewFromImage(sitk.Image([1, 1], reader.GetPixelID())).itemsize
 
 
-def _cut_short(file: Path) -> bool:
-    """Whether the uncompressed pixel data of `file` holds fewer bytes than its header's image needs (a truncated
-    copy). Checked from the file, not by GDCM: some GDCM releases decode a short file without a word."""
-    dataset = pydicom.dcmread(file, force=True)
-    if "PixelData" not in dataset or dataset["PixelData"].is_undefined_length:  # compressed frames: GDCM checks
+def _cut_short(header: pydicom.Dataset) -> bool:
+    """Whether the uncompressed pixel data of a file holds fewer bytes than its header's image needs (a truncated
+    copy), from the header `_series_files` read (its deferred pixel data is read here). Checked from the file, not
+    by GDCM: some GDCM releases decode a short file without a word."""
+    if "PixelData" not in header or header["PixelData"].is_undefined_length:  # compressed frames: GDCM checks
         return False
-    bits = int(dataset.Rows) * int(dataset.Columns) * int(dataset.get("SamplesPerPixel") or 1)
-    bits *= int(dataset.BitsAllocated) * int(dataset.get("NumberOfFrames") or 1)
-    return len(dataset.PixelData) < (bits + 7) // 8
+    bits = int(header.Rows) * int(header.Columns) * int(header.get("SamplesPerPixel") or 1)
+    bits *= int(header.BitsAllocated) * int(header.get("NumberOfFrames") or 1)
+    return len(header.PixelData) < (bits + 7) // 8
 
 
 def _unreadable(files: list[Path]) -> list[Path]:
-    """The files GDCM cannot read, or whose pixel data is cut short (truncated or damaged)."""
+    """The files GDCM cannot read (truncated or damaged)."""
     unreadable = []
     for file in files:
         reader = sitk.ImageFileReader()
@@ -439,9 +439,6 @@ def _unreadable(files: list[Path]) -> list[Path]:
         try:
             reader.ReadImageInformation()
         except RuntimeError:
-            unreadable.append(file)
-            continue
-        if _cut_short(file):
             unreadable.append(file)
     return unreadable
 
@@ -459,7 +456,8 @@ def _read_dicom(path: Path, max_bytes: int | None) -> MedicalImage:
     depth = len(ordered) if len(ordered) > 1 else int(first.get("NumberOfFrames") or 1)
     claimed = rows * columns * depth * _voxel_bytes(ordered[0])
     _check_size(path, claimed, max_bytes, f"the {rows} x {columns} x {depth} DICOM volume")
-    cut_short = [file for file in ordered if _cut_short(file)]
+    headers = dict(files)
+    cut_short = [file for file in ordered if _cut_short(headers[file])]
     if cut_short:
         raise ImageReadError(f"{path}: GDCM cannot read {_names(cut_short)} of this series: truncated or damaged files")
     try:
