@@ -167,6 +167,20 @@ def file_box(box: Box3D, to_file_order) -> Box3D:
     return Box3D(columns.min(), rows.min(), slices.min(), columns.max() + 1, rows.max() + 1, slices.max() + 1)
 
 
+def assert_box_follows_the_file(predictor, canonical_path, file_path, box: Box3D, to_file_order) -> np.ndarray:
+    """The mask of `box` on the file stored in another voxel order equals that of the canonical file, brought to the
+    file's order, with the file slices outside the box's z range empty (they get no prompt); returns it."""
+    expected = to_file_order(predictor.predict_file(canonical_path, box, modality="mri").mask)
+    stored_box = file_box(box, to_file_order)
+    got = predictor.predict_file(file_path, stored_box, modality="mri").mask
+    outside = np.ones(expected.shape[2], bool)
+    outside[stored_box.z0 : stored_box.z1] = False
+    expected[:, :, outside] = False
+    np.testing.assert_array_equal(got, expected)
+    assert not got[:, :, outside].any() and got.any()
+    return got
+
+
 def test_prompts_are_read_in_the_file_voxel_frame(sam, tmp_path):
     """The same anatomy stored in two voxel orders, prompted at the same anatomical place, gives the same mask."""
     affine = np.array([[0, -1.0, 0, 0], [1.0, 0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1]])  # rows anterior, columns left
@@ -180,15 +194,7 @@ def test_prompts_are_read_in_the_file_voxel_frame(sam, tmp_path):
     file_path = save_nifti(tmp_path / "stored.nii.gz", to_file_order(canonical), affine)
 
     box = Box3D(3, 4, 1, 17, 12, 4)
-    expected = to_file_order(predictor.predict_file(canonical_path, box, modality="mri").mask)
-    sagittal_box = file_box(box, to_file_order)
-    got = predictor.predict_file(file_path, sagittal_box, modality="mri").mask
-    # the file's slices outside the box's z range get no prompt, so their masks are empty (as for any volume)
-    outside = np.ones(expected.shape[2], bool)
-    outside[sagittal_box.z0 : sagittal_box.z1] = False
-    expected[:, :, outside] = False
-    np.testing.assert_array_equal(got, expected)
-    assert not got[:, :, outside].any() and got.any()
+    got = assert_box_follows_the_file(predictor, canonical_path, file_path, box, to_file_order)
     assert got[:, :, 1:4].any() and not got[:, :, [0, 4]].any()
 
     point = np.zeros((20, 24, 1), bool)
@@ -210,15 +216,7 @@ def test_a_3d_box_follows_a_volume_stored_in_sagittal_slices(sam, tmp_path):
     canonical_path = save_nifti(tmp_path / "canonical.nii.gz", canonical, np.eye(4))
     file_path = save_nifti(tmp_path / "sagittal.nii.gz", to_file_order(canonical), affine)
     box = Box3D(3, 4, 1, 17, 12, 4)
-    expected = to_file_order(predictor.predict_file(canonical_path, box, modality="mri").mask)
-    sagittal_box = file_box(box, to_file_order)
-    got = predictor.predict_file(file_path, sagittal_box, modality="mri").mask
-    # the file's slices outside the box's z range get no prompt, so their masks are empty (as for any volume)
-    outside = np.ones(expected.shape[2], bool)
-    outside[sagittal_box.z0 : sagittal_box.z1] = False
-    expected[:, :, outside] = False
-    np.testing.assert_array_equal(got, expected)
-    assert not got[:, :, outside].any() and got.any()
+    assert_box_follows_the_file(predictor, canonical_path, file_path, box, to_file_order)
 
 
 def test_bad_input_fails_with_a_clear_error(sam, tmp_path):
