@@ -28,6 +28,12 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer  # noqa: F401
 # so `gradient_checkpointing_enable()` reaches the re-run layers.
 from transformers.modeling_layers import GradientCheckpointingLayer  # noqa: F401
 
+# transformers: the module-level helpers of SAM 2's Hiera block (`Sam2MultiScaleBlock.forward` calls them; not in
+# the module's __all__); MedSAHieraLayer re-runs the block with them, so its windows and pooling are SAM 2's own.
+from transformers.models.sam2.modeling_sam2 import do_pool as hiera_pool  # noqa: F401
+from transformers.models.sam2.modeling_sam2 import window_partition as hiera_window_partition  # noqa: F401
+from transformers.models.sam2.modeling_sam2 import window_unpartition as hiera_window_unpartition  # noqa: F401
+
 if TYPE_CHECKING:
     import pyarrow
     from accelerate import Accelerator
@@ -38,15 +44,22 @@ __all__ = [
     "BaseTuner",
     "BaseTunerLayer",
     "GradientCheckpointingLayer",
+    "HIERA_ATTENTION_PARTS",
+    "HIERA_BLOCK_PARTS",
     "PEFT_TYPE_TO_CONFIG_MAPPING",
     "PEFT_TYPE_TO_PREFIX_MAPPING",
     "PEFT_TYPE_TO_TUNER_MAPPING",
     "SAM_TWO_WAY_BLOCK_PARTS",
     "SAM_VISION_ATTENTION_PARTS",
     "SAM_VISION_LAYER_PARTS",
+    "checkpoint_layers",
     "embed_table_storage",
     "forward_hooks",
+    "hiera_pool",
+    "hiera_window_partition",
+    "hiera_window_unpartition",
     "prepared_models",
+    "tensor_version",
 ]
 
 BASE_TUNER_HOOKS = (
@@ -68,6 +81,9 @@ BASE_TUNER_LAYER_HOOKS = (
 # blocks' own forwards are monolithic, with no place for an adapter.
 SAM_VISION_LAYER_PARTS = ("layer_norm1", "attn", "layer_norm2", "mlp", "window_size", "window_partition", "window_unpartition")
 SAM_VISION_ATTENTION_PARTS = ("qkv", "proj", "num_attention_heads", "scale", "use_rel_pos", "get_rel_pos", "rel_pos_h")
+# The same for SAM 2's Hiera block (MedSAHieraLayer); `proj` exists in the blocks that change width.
+HIERA_BLOCK_PARTS = ("layer_norm1", "attn", "layer_norm2", "mlp", "window_size", "query_stride", "dim", "dim_out")
+HIERA_ATTENTION_PARTS = ("qkv", "proj", "num_attention_heads")
 SAM_TWO_WAY_BLOCK_PARTS = (
     "self_attn",
     "layer_norm1",
@@ -90,6 +106,20 @@ def forward_hooks(module: torch.nn.Module) -> Iterator[tuple[Callable[..., Any],
     """
     for hook_id, hook in list(module._forward_hooks.items()):
         yield hook, hook_id in module._forward_hooks_with_kwargs
+
+
+def checkpoint_layers(model: torch.nn.Module, checkpoint: Callable[..., Any]) -> None:
+    """Switch on activation checkpointing with `checkpoint` in every transformers `GradientCheckpointingLayer` of
+    `model`, a PreTrainedModel, through `PreTrainedModel._set_gradient_checkpointing`: the public
+    `activation_checkpointing_enable` refuses models whose class does not declare `supports_gradient_checkpointing`,
+    as `Sam2Model` does not, although its Hiera and two-way blocks are such layers."""
+    model._set_gradient_checkpointing(enable=True, gradient_checkpointing_func=checkpoint)
+
+
+def tensor_version(tensor: torch.Tensor) -> int:
+    """The in-place version counter of `tensor` (`Tensor._version`), which every in-place write bumps: optimiser
+    steps, `copy_`, `load_state_dict`. The predictor's image-embedding cache compares it to notice changed weights."""
+    return tensor._version
 
 
 def prepared_models(accelerator: Accelerator) -> list[torch.nn.Module]:

@@ -24,18 +24,21 @@ def tiny_sam_model(seed: int = 0, **config_kwargs) -> SamModel:
 class LocalHub:
     """A stand-in for the Hugging Face Hub at the `HfApi` boundary, backed by a local Hub cache.
 
-    Repositories live in `$HF_HOME/hub/models--org--name/` with `refs/main` and `snapshots/<hash>/`, the
-    layout `huggingface_hub` reads with `HF_HUB_OFFLINE=1`. `install()` routes `HfApi.create_repo` and
-    `HfApi.create_commit` here, so `push_to_hub` "uploads" into the cache and loading by repo id then works
-    offline.
+    Repositories live in `$HF_HOME/hub/models--org--name/` (data sets: `datasets--org--name/`) with `refs/main`
+    and `snapshots/<hash>/`, the layout `huggingface_hub` reads with `HF_HUB_OFFLINE=1`. `install()` routes
+    `HfApi.create_repo` and `HfApi.create_commit` here, so `push_to_hub` "uploads" into the cache and loading by
+    repo id then works offline.
     """
 
     def __init__(self, hf_home: str | os.PathLike):
         self.cache = Path(hf_home) / "hub"
         self.commits: list[dict] = []
 
-    def snapshot_dir(self, repo_id: str) -> Path:
-        repo_dir = self.cache / f"models--{repo_id.replace('/', '--')}"
+    def _repo_dir(self, repo_id: str, repo_type: str | None) -> Path:
+        return self.cache / f"{repo_type or 'model'}s--{repo_id.replace('/', '--')}"
+
+    def snapshot_dir(self, repo_id: str, repo_type: str | None = None) -> Path:
+        repo_dir = self._repo_dir(repo_id, repo_type)
         return repo_dir / "snapshots" / (repo_dir / "refs" / "main").read_text()
 
     def publish_folder(self, repo_id: str, folder: str | os.PathLike) -> Path:
@@ -44,8 +47,8 @@ class LocalHub:
         files = {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
         return self._commit(repo_id, files)
 
-    def _commit(self, repo_id: str, files: dict[str, bytes]) -> Path:
-        repo_dir = self.cache / f"models--{repo_id.replace('/', '--')}"
+    def _commit(self, repo_id: str, files: dict[str, bytes], repo_type: str | None = None) -> Path:
+        repo_dir = self._repo_dir(repo_id, repo_type)
         refs = repo_dir / "refs" / "main"
         previous = repo_dir / "snapshots" / refs.read_text() if refs.exists() else None
         commit = hashlib.sha1(repr((repo_id, len(self.commits), sorted(files))).encode()).hexdigest()
@@ -68,7 +71,7 @@ class LocalHub:
         for operation in operations:
             source = operation.path_or_fileobj
             files[operation.path_in_repo] = Path(source).read_bytes() if isinstance(source, (str, Path)) else source
-        snapshot = self._commit(repo_id, files)
+        snapshot = self._commit(repo_id, files, kwargs.get("repo_type"))
         return SimpleNamespace(commit_url=f"local-hub://{repo_id}/commit/{snapshot.name}", oid=snapshot.name)
 
     def install(self, set_attribute=setattr) -> None:
@@ -93,3 +96,66 @@ def randomize_adapters(model: torch.nn.Module, std: float = 0.05, seed: int = 1)
         if ".medsa_" in name:
             param.copy_((torch.randn(param.shape, generator=generator) * std).to(param.dtype))
     return model.eval()
+
+
+def tiny_sam_hq_model(seed: int = 0) -> torch.nn.Module:
+    """A tiny `SamHQModel` in eval mode with real random weights: `tiny_sam_config`'s sizes (64 px, 8 x 8 tokens,
+    layer 0 in 4 x 4 windows, layer 1 global), plus SAM-HQ's HQ token and its feature layers."""
+    from transformers import SamHQConfig, SamHQModel
+
+    sam = tiny_sam_config().to_dict()
+    vision_size = sam["vision_config"]["hidden_size"]
+    config = SamHQConfig(
+        vision_config=sam["vision_config"],
+        prompt_encoder_config=sam["prompt_encoder_config"],
+        mask_decoder_config={**sam["mask_decoder_config"], "vit_dim": vision_size},
+    )
+    return randomize_weights(SamHQModel(config), seed=seed).eval()
+
+
+def tiny_sam2_config(**backbone_kwargs):
+    """A Sam2Config small enough for CPU tests: 64 px images, a Hiera of four stages on 16 x 16, 8 x 8, 4 x 4 and
+    2 x 2 tokens (widths 8, 16, 32, 64), with 1, 2, 2, 1 blocks.
+
+    Blocks 1, 3 and 5 start a stage: each doubles the width and pools its queries 2 x 2 inside the windows of the
+    stage before (4 x 4, 4 x 4, 6 x 6). Block 2 attends globally; block 4 attends in 6 x 6 windows on its 4 x 4 grid,
+    padded, as SAM 2's 14 x 14 windows pad its 64 x 64 grid.
+    """
+    from transformers import Sam2Config
+
+    widths = [8, 16, 32, 64]
+    backbone = dict(
+        model_type="sam2_hiera_det_model",
+        hidden_size=widths[0],
+        num_attention_heads=1,
+        image_size=[64, 64],
+        blocks_per_stage=[1, 2, 2, 1],
+        embed_dim_per_stage=widths,
+        num_attention_heads_per_stage=[1, 2, 2, 4],
+        window_size_per_stage=[4, 4, 6, 2],
+        global_attention_blocks=[2],
+        window_positional_embedding_background_size=[4, 4],
+        **backbone_kwargs,
+    )
+    vision = dict(
+        backbone_config=backbone,
+        backbone_channel_list=widths[::-1],
+        backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]],
+        fpn_hidden_size=32,
+    )
+    prompt = dict(hidden_size=32, image_size=64, patch_size=16, mask_input_channels=4)
+    decoder = dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32)
+    return Sam2Config(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
+
+
+def tiny_sam2_model(seed: int = 0) -> torch.nn.Module:
+    """A tiny `Sam2Model` (SAM 2's image predictor) in eval mode with real random weights (`tiny_sam2_config`).
+
+    Its prompt encoder's random positional table is a buffer, drawn at construction: seeded too, so two calls give
+    the same model."""
+    from transformers import Sam2Model
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Sam2Model(tiny_sam2_config())
+    return randomize_weights(model, seed=seed).eval()

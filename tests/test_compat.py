@@ -85,3 +85,31 @@ def test_embed_table_storage_turns_image_files_into_bytes(tmp_path):
     table = table.cast(features.arrow_schema)
     embedded = compat.embed_table_storage(table).to_pylist()[0]["image"]
     assert embedded["bytes"] == (tmp_path / "a.png").read_bytes()
+
+
+def test_hiera_blocks_still_have_the_parts_and_helpers_the_medsa_hiera_layer_reruns():
+    from helpers import tiny_sam2_config
+    from transformers import Sam2Model
+
+    blocks = Sam2Model(tiny_sam2_config()).vision_encoder.backbone.blocks
+    assert all(isinstance(block, compat.GradientCheckpointingLayer) for block in blocks)
+    for block in blocks:
+        for owner, parts in ((block, compat.HIERA_BLOCK_PARTS), (block.attn, compat.HIERA_ATTENTION_PARTS)):
+            missing = [part for part in parts if not hasattr(owner, part)]
+            assert not missing, f"{type(owner).__name__} lacks {missing}"
+    assert all(hasattr(block, "proj") == (block.dim != block.dim_out) for block in blocks)
+    tokens = torch.arange(2 * 6 * 6 * 3, dtype=torch.float32).reshape(2, 6, 6, 3)
+    windows, padded = compat.hiera_window_partition(tokens, 4)
+    assert windows.shape == (8, 4, 4, 3) and padded == (8, 8)
+    assert torch.equal(compat.hiera_window_unpartition(windows, 4, padded, (6, 6)), tokens)
+    assert torch.equal(compat.hiera_pool(tokens, (2, 2)), tokens.unflatten(1, (3, 2)).unflatten(3, (3, 2)).amax((2, 4)))
+
+
+def test_checkpoint_layers_switches_every_checkpointing_layer_on():
+    from helpers import tiny_sam2_config
+    from transformers import Sam2Model
+
+    model = Sam2Model(tiny_sam2_config())
+    compat.checkpoint_layers(model, torch.utils.checkpoint.checkpoint)
+    layers = [module for module in model.modules() if isinstance(module, compat.GradientCheckpointingLayer)]
+    assert layers and all(layer.gradient_checkpointing for layer in layers)

@@ -1,6 +1,6 @@
 """The Med-SA PEFT method, split as peft splits a tuner: `config` (MedSAConfig), `adapters` (the math),
 `layer` (SAM blocks with adapters), `model` (the tuner), `registration` (the "MEDSA" type), and `fast_paths`
-(fused attention, compiled layers)."""
+(fused attention, compiled layers). Importing it registers "MEDSA" with PEFT."""
 
 from .config import MEDSA_PEFT_TYPE, MedSAConfig
 from .fast_paths import compile_sam_layers, use_fused_attention
@@ -15,3 +15,5 @@ __all__ = [
     "register_medsa",
     "use_fused_attention",
 ]
+
+register_medsa()

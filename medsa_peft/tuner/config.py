@@ -27,17 +27,18 @@ class MedSAPeftType(str, enum.Enum):
 
 MEDSA_PEFT_TYPE = MedSAPeftType.MEDSA
 
-# Every image-encoder layer and every two-way block of SAM's mask decoder (transformers' SamModel names).
-VISION_LAYERS_PATTERN = r".*vision_encoder\.layers\.\d+"
+# Every image-encoder layer (SAM and SAM-HQ ViT: `layers`, SAM 2 Hiera: `backbone.blocks`) and every two-way block
+# of the mask decoder, as transformers names them in the SAM family.
+VISION_LAYERS_PATTERN = r".*vision_encoder\.(?:layers|backbone\.blocks)\.\d+"
 DECODER_LAYERS_PATTERN = r".*mask_decoder\.transformer\.layers\.\d+"
 
 
 @dataclass
 class MedSAConfig(PeftConfig):
-    """Configuration of Med-SA adapters on a transformers `SamModel` (docs/design.md).
+    """Configuration of Med-SA adapters on a transformers `SamModel`, `SamHQModel` or `Sam2Model` (docs/design.md).
 
-    Image encoder, in every ViT layer: a Space adapter after the attention, an MLP adapter parallel to the
-    MLP (scaled by `mlp_adapter_scale`) and, with `depth_adapter=True`, the SD-Trans depth branch that
+    Image encoder, in every ViT layer or Hiera block: a Space adapter after the attention, an MLP adapter parallel
+    to the MLP (scaled by `mlp_adapter_scale`) and, with `depth_adapter=True`, the SD-Trans depth branch that
     attends over the slices of a volume. Mask decoder, in every two-way block: HyP-Adpt (weights generated
     from the prompt embedding), an MLP adapter on the queries and an adapter on the keys after the
     image-to-token cross attention.

@@ -1,15 +1,20 @@
-"""Switches that make SAM with Med-SA fast: the fused relative-position attention, and compiled layers.
+"""Switches that make SAM with Med-SA fast or small: the fused relative-position attention, compiled layers, and
+activation checkpointing for every model of the family.
 
     model = get_peft_model(sam, MedSAConfig(...))
     use_fused_attention(model)     # SAM's attention without its (HW x HW) bias; the depth branch shares its qkv
     compile_sam_layers(model)      # torch.compile every image-encoder layer, the prompt encoder and the mask decoder
+    enable_activation_checkpointing(model)   # also on Sam2Model, which transformers' own switch refuses
 
-Both keep the function the model computes (up to rounding) and its parameter names.
+All three keep the function the model computes (up to rounding) and its parameter names.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
+import torch.utils.checkpoint
 from torch import nn
 from transformers.models.sam.modeling_sam import (
     SamMaskDecoder,
@@ -18,10 +23,12 @@ from transformers.models.sam.modeling_sam import (
     SamVisionLayer,
 )
 
-from .layer import MedSALayer, MedSAVisionLayer
+from ..compat import checkpoint_layers
+from .layer import MedSAHieraLayer, MedSALayer, MedSAVisionLayer
 
 __all__ = [
     "compile_sam_layers",
+    "enable_activation_checkpointing",
     "use_fused_attention",
 ]
 
@@ -31,11 +38,16 @@ def use_fused_attention(model: nn.Module, enabled: bool = True) -> nn.Module:
 
     Same function as SAM's attention up to rounding; no (HW x HW) bias is built or stored, so fused attention
     kernels run and memory drops; in 3D the depth branch reuses the layer's qkv projection. `enabled=False` switches
-    back to SAM's own attention module. Returns `model`.
+    back to SAM's own attention module. Returns `model`. SAM 2's Hiera blocks have no relative-position bias and run
+    transformers' attention kernels already; they are left as they are.
     """
-    layers = [module for module in model.modules() if isinstance(module, MedSAVisionLayer)]
+    layers = [
+        module
+        for module in model.modules()
+        if isinstance(module, MedSAVisionLayer) and not isinstance(module, MedSAHieraLayer)
+    ]
     if not layers:
-        raise ValueError("use_fused_attention found no Med-SA image-encoder layer in the model.")
+        raise ValueError("use_fused_attention found no Med-SA image-encoder layer of a SAM ViT in the model.")
     for layer in layers:
         layer.fused_attention = enabled
     return model
@@ -66,4 +78,19 @@ def compile_sam_layers(model: nn.Module, whole_decoder: bool = True, **compile_k
         raise ValueError("compile_sam_layers found no SAM image-encoder layer in the model.")
     for layer in layers:
         layer.forward = torch.compile(layer.forward, **compile_kwargs)
+    return model
+
+
+def enable_activation_checkpointing(model: nn.Module, use_reentrant: bool = False) -> nn.Module:
+    """Activation checkpointing of every image-encoder layer and two-way block (transformers'
+    `GradientCheckpointingLayer`s, Med-SA's vision layers among them) of a SAM-family model or of the PeftModel
+    around it: what `gradient_checkpointing_enable()` does on a SamModel, also on a `Sam2Model`, whose class does
+    not declare the support although its blocks have it. `depth` reaches the re-run layers as in docs/design.md.
+    With `use_reentrant=True` the patch embeddings' output is made to require gradients, so that the adapters inside
+    the checkpointed layers get theirs. Returns `model`.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    checkpoint_layers(base, functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=use_reentrant))
+    if use_reentrant:
+        base.enable_input_require_grads()
     return model

@@ -1,8 +1,10 @@
-"""Med-SA tuner layers: SAM's image-encoder layer and mask-decoder block, each wrapped whole.
+"""Med-SA tuner layers: the image-encoder layers and mask-decoder blocks of the SAM family, each wrapped whole.
 
-transformers' `SamVisionLayer.forward` and `SamTwoWayAttentionBlock.forward` are monolithic, so each wrapper
-re-runs its block through the base block's own submodules (layer norms, attention, MLP) and adds the
-adapters where docs/design.md puts them. The adapter math lives in `adapters.py`.
+transformers' `SamVisionLayer.forward`, `Sam2MultiScaleBlock.forward` and the two-way blocks' forwards are
+monolithic, so each wrapper re-runs its block through the base block's own submodules (layer norms, attention,
+MLP) and adds the adapters where docs/design.md puts them. SAM-HQ's blocks are SAM's, and every SAM 2 model
+builds its decoder from the same two-way block, so three wrappers serve the family: `WRAPPED_BLOCKS` says which
+wraps which block class. The adapter math lives in `adapters.py`.
 """
 
 from __future__ import annotations
@@ -12,9 +14,23 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.models.edgetam.modeling_edgetam import EdgeTamTwoWayAttentionBlock
+from transformers.models.edgetam_video.modeling_edgetam_video import EdgeTamVideoTwoWayAttentionBlock
 from transformers.models.sam.modeling_sam import SamTwoWayAttentionBlock, SamVisionLayer
+from transformers.models.sam2.modeling_sam2 import Sam2MultiScaleBlock, Sam2TwoWayAttentionBlock
+from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoTwoWayAttentionBlock
+from transformers.models.sam3_tracker.modeling_sam3_tracker import Sam3TrackerTwoWayAttentionBlock
+from transformers.models.sam3_tracker_video.modeling_sam3_tracker_video import Sam3TrackerVideoTwoWayAttentionBlock
+from transformers.models.sam_hq.modeling_sam_hq import SamHQTwoWayAttentionBlock, SamHQVisionLayer
 
-from ..compat import BaseTunerLayer, GradientCheckpointingLayer, forward_hooks
+from ..compat import (
+    BaseTunerLayer,
+    GradientCheckpointingLayer,
+    forward_hooks,
+    hiera_pool,
+    hiera_window_partition,
+    hiera_window_unpartition,
+)
 from .adapters import (
     BottleneckAdapter,
     HyperPromptAdapter,
@@ -26,9 +42,12 @@ from .config import MedSAConfig
 
 __all__ = [
     "MedSA2024TwoWayAttentionBlock",
+    "MedSAHieraLayer",
     "MedSALayer",
     "MedSATwoWayLayer",
     "MedSAVisionLayer",
+    "TWO_WAY_BLOCKS",
+    "WRAPPED_BLOCKS",
     "two_way_block_forward",
     "use_decoder_block",
 ]
@@ -132,7 +151,7 @@ class MedSALayer(BaseTunerLayer):
 
 
 class MedSAVisionLayer(GradientCheckpointingLayer, MedSALayer):
-    """A `SamVisionLayer` with Space, MLP and SD-Trans depth adapters.
+    """A `SamVisionLayer` (or SAM-HQ's, the same block) with Space, MLP and SD-Trans depth adapters.
 
     Input and output: (N, H, W, C) tokens, N = B * D images ordered volume by volume when `depth` = D.
     """
@@ -141,7 +160,7 @@ class MedSAVisionLayer(GradientCheckpointingLayer, MedSALayer):
 
     def __init__(self, base_layer: SamVisionLayer, adapter_name: str, config: MedSAConfig):
         super().__init__()
-        self._init_medsa_layer(base_layer, base_layer.layer_norm1.normalized_shape[0])
+        self._init_medsa_layer(base_layer, self.block_width(base_layer))
         # Slices per volume of the SamModel call in progress, set by MedSAModel's hooks; None: 2D.
         self.volume_depth: int | None = None
         self.register_forward_pre_hook(_pass_volume_depth, with_kwargs=True)
@@ -152,8 +171,13 @@ class MedSAVisionLayer(GradientCheckpointingLayer, MedSALayer):
         self.pad_windows_before_norm = False
         self.update_layer(adapter_name, config)
 
+    @staticmethod
+    def block_width(block: nn.Module) -> int:
+        """The width the block's attention and MLP output, C, at which the adapters work."""
+        return block.layer_norm1.normalized_shape[0]
+
     def update_layer(self, adapter_name: str, config: MedSAConfig) -> None:
-        features = self.in_features
+        features = self.out_features
         switches = zip(self.adapter_layer_names, (config.space_adapter, config.mlp_adapter, config.depth_adapter))
         for container_name, enabled in switches:
             if enabled:
@@ -163,6 +187,12 @@ class MedSAVisionLayer(GradientCheckpointingLayer, MedSALayer):
 
     def has_depth_adapter(self, adapter_name: str) -> bool:
         return adapter_name in self.medsa_depth_adapter
+
+    @property
+    def window_size(self) -> int:
+        """The wrapped block's attention window, 0 for global attention: SAM-HQ's encoder reads it from its layers
+        to collect the outputs of the global ones for its HQ features."""
+        return self.base_layer.window_size
 
     def _normed_windows(self, hidden_states: torch.Tensor, normed: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         """The layer-normed tokens cut into windows, and the padded grid size.
@@ -205,23 +235,38 @@ class MedSAVisionLayer(GradientCheckpointingLayer, MedSALayer):
             return attended, None
         return attended, base.window_unpartition(qkv_windows, window, padding_shape, (height, width))
 
-    def forward(self, hidden_states: torch.Tensor, depth: int = 1) -> torch.Tensor:
+    def _attention(
+        self, hidden_states: torch.Tensor, normed: torch.Tensor, keep_qkv: bool, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The block's frozen attention on the normed tokens, (N, H, W, C), and, where the fused path computed it
+        anyway, the qkv projection of the whole grid for the depth branch (else None)."""
+        if self.fused_attention:
+            return self._fused_attention(hidden_states, normed, keep_qkv=keep_qkv)
+        return self._sam_attention(hidden_states, normed), None
+
+    def _residual(self, hidden_states: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
+        """What the attention output is added to: the layer input."""
+        return hidden_states
+
+    def _depth_qkv(self, normed: torch.Tensor) -> torch.Tensor:
+        """The frozen qkv projection of the whole token grid, (N, H, W, 3 C), that the depth branch attends with."""
+        return self.base_layer.attn.qkv(normed)
+
+    def forward(self, hidden_states: torch.Tensor, depth: int = 1, **kwargs) -> torch.Tensor:
         base = self.base_layer
         adapter = self._current_adapter()
         with_depth = adapter in self.medsa_depth_adapter
         normed = base.layer_norm1(hidden_states)
-        if self.fused_attention:
-            attended, qkv_states = self._fused_attention(hidden_states, normed, keep_qkv=with_depth)
-        else:
-            attended, qkv_states = self._sam_attention(hidden_states, normed), None
+        residual = self._residual(hidden_states, normed)
+        attended, qkv_states = self._attention(hidden_states, normed, keep_qkv=with_depth, **kwargs)
         if adapter in self.medsa_space_adapter:
             attended = attended + self._adapt(self.medsa_space_adapter[adapter], attended)
         if with_depth:
             if qkv_states is None:
-                qkv_states = base.attn.qkv(normed)
+                qkv_states = self._depth_qkv(normed)
             across_slices = depth_attention(qkv_states, depth, base.attn.proj, base.attn.num_attention_heads)
             attended = attended + self._adapt(self.medsa_depth_adapter[adapter], across_slices)
-        hidden_states = hidden_states + attended
+        hidden_states = residual + attended
         normed = base.layer_norm2(hidden_states)
         update = base.mlp(normed)
         if adapter in self.medsa_mlp_adapter:
@@ -229,20 +274,77 @@ class MedSAVisionLayer(GradientCheckpointingLayer, MedSALayer):
         return hidden_states + update
 
 
+class MedSAHieraLayer(MedSAVisionLayer):
+    """A SAM 2 Hiera `Sam2MultiScaleBlock` with the Space, MLP and SD-Trans depth adapters of `MedSAVisionLayer`.
+
+    The adapters work at the block's output width `dim_out` and on its output grid: a block that starts a stage
+    projects its input from the previous stage's width and pools its queries (`query_stride`), so its output grid
+    is smaller than its input grid. The depth branch attends over the slices of each output token, with q, k and v
+    pooled as the block pools its queries. Input (N, H, W, dim), output (N, H', W', dim_out), N = B * D.
+    """
+
+    def __init__(self, base_layer: Sam2MultiScaleBlock, adapter_name: str, config: MedSAConfig):
+        super().__init__(base_layer, adapter_name, config)
+        self.in_features = base_layer.dim
+
+    @staticmethod
+    def block_width(block: Sam2MultiScaleBlock) -> int:
+        return block.dim_out
+
+    def update_layer(self, adapter_name: str, config: MedSAConfig) -> None:
+        if config.pad_windows_before_norm:
+            raise ValueError(
+                "pad_windows_before_norm describes the SAM ViT of the authors' converted checkpoints; SAM 2's Hiera "
+                "encoder has no such variant."
+            )
+        super().update_layer(adapter_name, config)
+
+    def _residual(self, hidden_states: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
+        """As `Sam2MultiScaleBlock`: where the width changes, the normed input projected and pooled."""
+        base = self.base_layer
+        if base.dim != base.dim_out:
+            return hiera_pool(base.proj(normed), base.query_stride)
+        return hidden_states
+
+    def _attention(
+        self, hidden_states: torch.Tensor, normed: torch.Tensor, keep_qkv: bool, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The block's windowed or global attention with query pooling, as `Sam2MultiScaleBlock.forward` runs it."""
+        base = self.base_layer
+        window = base.window_size
+        if window == 0:
+            return base.attn(normed, **kwargs), None
+        height, width = normed.shape[1:3]
+        windows, padded_size = hiera_window_partition(normed, window)
+        attended = base.attn(windows, **kwargs)
+        if base.query_stride:
+            # pooled queries: each window now holds window / stride tokens a side, on the pooled grid
+            window = window // base.query_stride[0]
+            height, width = height // base.query_stride[0], width // base.query_stride[1]
+            padded_size = (height + (-height) % window, width + (-width) % window)
+        return hiera_window_unpartition(attended, window, padded_size, (height, width)), None
+
+    def _depth_qkv(self, normed: torch.Tensor) -> torch.Tensor:
+        """The frozen qkv projection, (N, H', W', 3 dim_out): in a block that pools, q, k and v are each pooled as
+        the block pools its queries, so the depth branch runs on the block's output grid."""
+        base = self.base_layer
+        return hiera_pool(base.attn.qkv(normed), base.query_stride)
+
+
 class MedSATwoWayLayer(nn.Module, MedSALayer):
-    """A `SamTwoWayAttentionBlock` of the mask decoder with HyP-Adpt, a query MLP adapter and a key adapter.
+    """A two-way block of a SAM-family mask decoder (`TWO_WAY_BLOCKS`) with HyP-Adpt, a query MLP adapter and a
+    key adapter. The blocks of SAM, SAM-HQ and the SAM 2 models have the same submodules and computation.
 
     queries: (B, P, T_out + T_prompt, C) output tokens then sparse prompt tokens; keys: (B * P, 1, HW, C).
     """
 
     adapter_layer_names = ("medsa_hyper_adapter", "medsa_query_adapter", "medsa_key_adapter")
 
-    def __init__(
-        self, base_layer: SamTwoWayAttentionBlock, adapter_name: str, config: MedSAConfig, num_output_tokens: int
-    ):
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: MedSAConfig, num_output_tokens: int):
         super().__init__()
-        self._init_medsa_layer(base_layer, base_layer.hidden_size)
-        # The decoder puts its IoU and mask tokens before the sparse prompt tokens (SamMaskDecoder.forward).
+        self._init_medsa_layer(base_layer, base_layer.layer_norm1.normalized_shape[0])
+        # The decoder puts its output tokens (IoU, mask, SAM-HQ's HQ, SAM 2's object score) before the sparse prompt
+        # tokens (SamMaskDecoder.forward and its copies); MedSAModel counts them.
         self.num_output_tokens = num_output_tokens
         self.update_layer(adapter_name, config)
 
@@ -290,7 +392,7 @@ class MedSATwoWayLayer(nn.Module, MedSALayer):
 
 
 def two_way_block_forward(
-    block: SamTwoWayAttentionBlock,
+    block: nn.Module,
     queries: torch.Tensor,
     keys: torch.Tensor,
     query_point_embedding: torch.Tensor,
@@ -299,7 +401,7 @@ def two_way_block_forward(
     query_update: Callable[[torch.Tensor], torch.Tensor] | None = None,
     key_update: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """SAM's two-way block through the block's own submodules, with two places for adapters.
+    """A SAM-family two-way block through the block's own submodules, with two places for adapters.
 
     `query_update(queries)` is added to the MLP's update of the queries, `key_update(keys)` to the keys after the
     image-to-token attention. A block of class `MedSA2024TwoWayAttentionBlock` runs the authors' self-attention.
@@ -379,3 +481,23 @@ def use_decoder_block(model: nn.Module, variant: str) -> None:
         if type(module) in DECODER_BLOCKS.values():
             module.__class__ = block_class
 
+
+
+# The two-way blocks of the SAM family's mask decoders: one computation, a class per model (transformers copies it).
+TWO_WAY_BLOCKS = (
+    SamTwoWayAttentionBlock,
+    SamHQTwoWayAttentionBlock,
+    Sam2TwoWayAttentionBlock,
+    Sam2VideoTwoWayAttentionBlock,
+    Sam3TrackerTwoWayAttentionBlock,
+    Sam3TrackerVideoTwoWayAttentionBlock,
+    EdgeTamTwoWayAttentionBlock,
+    EdgeTamVideoTwoWayAttentionBlock,
+)
+# Which Med-SA layer wraps which block of the SAM family (MedSAModel._create_and_replace).
+WRAPPED_BLOCKS: dict[type[nn.Module], type[MedSALayer]] = {
+    SamVisionLayer: MedSAVisionLayer,
+    SamHQVisionLayer: MedSAVisionLayer,
+    Sam2MultiScaleBlock: MedSAHieraLayer,
+    **{block: MedSATwoWayLayer for block in TWO_WAY_BLOCKS},
+}

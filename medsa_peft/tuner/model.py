@@ -1,4 +1,4 @@
-"""`MedSAModel`: the PEFT tuner that puts Med-SA layers into a transformers `SamModel`."""
+"""`MedSAModel`: the PEFT tuner that puts Med-SA layers into a transformers SAM-family model (SAM, SAM-HQ, SAM 2)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,19 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.models.sam.modeling_sam import SamTwoWayAttentionBlock, SamVisionLayer
+from transformers.models.sam.modeling_sam import SamTwoWayAttentionBlock
 
 from ..compat import BaseTuner
 from .config import MedSAConfig
-from .layer import NOT_MERGEABLE, MedSALayer, MedSATwoWayLayer, MedSAVisionLayer, use_decoder_block
+from .layer import (
+    NOT_MERGEABLE,
+    TWO_WAY_BLOCKS,
+    WRAPPED_BLOCKS,
+    MedSALayer,
+    MedSATwoWayLayer,
+    MedSAVisionLayer,
+    use_decoder_block,
+)
 
 __all__ = [
     "MedSAModel",
@@ -23,6 +31,9 @@ __all__ = [
 
 # The attribute of a SamModel that holds the handles of its volume hooks (`add_volume_hooks`).
 VOLUME_HOOKS = "_medsa_volume_hooks"
+# The embeddings of the output tokens a SAM-family mask decoder puts before the sparse prompt tokens: the IoU and
+# mask tokens, SAM-HQ's HQ token, the SAM 2 models' object-score token.
+OUTPUT_TOKEN_EMBEDDINGS = ("obj_score_token", "iou_token", "mask_tokens", "hq_token")
 
 
 def resolve_depth(pixel_values: torch.Tensor | None, depth: Any) -> int | None:
@@ -61,6 +72,8 @@ def _enter_sam_call(model: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple,
     """SamModel forward pre-hook: take `depth` out of the call, give it to every Med-SA image-encoder layer, and
     turn 5-D pixel_values into (B * D, 3, H, W). Raises ValueError for a depth that the call cannot use."""
     pixel_values = kwargs.get("pixel_values", args[0] if args else None)
+    if not isinstance(pixel_values, torch.Tensor):  # a SAM 2 video model's first argument is its inference session
+        pixel_values = None
     depth = resolve_depth(pixel_values, kwargs.pop("depth", None))
     layers = [module for module in model.modules() if isinstance(module, MedSALayer)]
     vision_layers = [layer for layer in layers if isinstance(layer, MedSAVisionLayer)]
@@ -116,7 +129,8 @@ def remove_volume_hooks(model: nn.Module) -> None:
 
 
 class MedSAModel(BaseTuner):
-    """Med-SA on a transformers `SamModel` (docs/design.md).
+    """Med-SA on a transformers `SamModel`, `SamHQModel` or `Sam2Model` (docs/design.md); the SAM 2 models built
+    from the same blocks (video, tracker) get adapters wherever their blocks are in `WRAPPED_BLOCKS`.
 
     Use it through PEFT: `get_peft_model(sam, MedSAConfig())` returns a PeftModel whose forward takes SamModel's
     arguments plus `depth`: `model(pixel_values=(B*D, 3, H, W), depth=D, input_boxes=(B*D, 1, 4))` or
@@ -143,6 +157,17 @@ class MedSAModel(BaseTuner):
                     f"decoder_block={variant[0]!r}, pad_windows_before_norm={variant[1]}. Adapters of one model "
                     "must agree on these: load it on its own SAM."
                 )
+        if peft_config.decoder_block != "sam":
+            others = {
+                type(module).__name__
+                for module in model.modules()
+                if isinstance(module, TWO_WAY_BLOCKS) and not isinstance(module, SamTwoWayAttentionBlock)
+            }
+            if others:
+                raise ValueError(
+                    f"decoder_block={peft_config.decoder_block!r} describes SAM checkpoints of the authors' code; "
+                    f"this model's decoder is built from {sorted(others)}: use decoder_block='sam'."
+                )
         use_decoder_block(model, peft_config.decoder_block)
 
     def _create_and_replace(
@@ -158,15 +183,18 @@ class MedSAModel(BaseTuner):
         if isinstance(target, MedSALayer):
             target.update_layer(adapter_name, peft_config)
             return
-        if isinstance(target, SamVisionLayer):
-            new_module = MedSAVisionLayer(target, adapter_name, peft_config)
-        elif isinstance(target, SamTwoWayAttentionBlock):
-            new_module = MedSATwoWayLayer(target, adapter_name, peft_config, self._num_decoder_output_tokens())
-        else:
+        layer_class = next((WRAPPED_BLOCKS[kind] for kind in type(target).__mro__ if kind in WRAPPED_BLOCKS), None)
+        if layer_class is None:
+            blocks = ", ".join(sorted(kind.__name__ for kind in WRAPPED_BLOCKS))
             raise ValueError(
-                f"Med-SA wraps SamVisionLayer and SamTwoWayAttentionBlock modules; target_modules matched "
-                f"'{current_key}', a {type(target).__name__}."
+                f"Med-SA wraps the image-encoder layers and two-way blocks of the SAM family ({blocks}); "
+                f"target_modules matched '{current_key}', a {type(target).__name__}."
             )
+        if layer_class is MedSATwoWayLayer:
+            output_tokens = self._num_decoder_output_tokens(current_key)
+            new_module = MedSATwoWayLayer(target, adapter_name, peft_config, output_tokens)
+        else:
+            new_module = layer_class(target, adapter_name, peft_config)
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
@@ -186,9 +214,12 @@ class MedSAModel(BaseTuner):
         """
         return re.sub(rf"(\.{cls.prefix}[a-z_]+)\.{re.escape(adapter_name)}\.", r"\1.", key)
 
-    def _num_decoder_output_tokens(self) -> int:
-        """The IoU token plus the mask tokens that precede the sparse prompt tokens in the decoder."""
-        return 1 + self.model.config.mask_decoder_config.num_multimask_outputs + 1
+    def _num_decoder_output_tokens(self, block_key: str) -> int:
+        """The output tokens that precede the sparse prompt tokens in the decoder that holds the two-way block
+        `block_key` (`<decoder>.transformer.layers.<i>`): SAM 1 IoU + 4 mask tokens, SAM-HQ one HQ token more,
+        SAM 2 one object-score token more."""
+        decoder = self.model.get_submodule(block_key.rsplit(".transformer.", 1)[0])
+        return sum(getattr(decoder, name).num_embeddings for name in OUTPUT_TOKEN_EMBEDDINGS if hasattr(decoder, name))
 
     def _check_merge_allowed(self) -> None:
         raise ValueError(NOT_MERGEABLE)

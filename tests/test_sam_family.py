@@ -1,0 +1,425 @@
+"""One MedSAConfig on the SAM family: SAM-HQ (SAM's ViT and two-way blocks, plus an HQ token) and SAM 2's image
+predictor (a multi-scale Hiera encoder, SAM's two-way blocks plus an object-score token).
+
+The contract of the SAM tuner (test_tuner.py, test_peft_contract.py), run on tiny random models of each family:
+exactness at zero init in 2D and 3D, what trains, save / load, disable / unload, activation checkpointing, bf16;
+then where the adapters sit in a Hiera block and what SD-Trans mixes there.
+"""
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
+from transformers import Sam2Model, SamHQModel
+from transformers.models.sam2.modeling_sam2 import Sam2MultiScaleBlock
+
+import medsa_peft  # noqa: F401  (registers MEDSA)
+from helpers import randomize_adapters, tiny_sam2_model, tiny_sam_hq_model
+from medsa_peft import MedSAConfig, use_fused_attention
+from medsa_peft.tuner.fast_paths import enable_activation_checkpointing
+from medsa_peft.tuner.layer import MedSAHieraLayer, MedSALayer, MedSATwoWayLayer, MedSAVisionLayer
+from medsa_peft.tuner.model import VOLUME_HOOKS
+
+SIZE = 64
+FAMILIES = {"sam-hq": (tiny_sam_hq_model, SamHQModel), "sam2": (tiny_sam2_model, Sam2Model)}
+each_family = pytest.mark.parametrize("family", list(FAMILIES))
+CONFIGS = {
+    "2d": lambda: MedSAConfig(),
+    "3d": lambda: MedSAConfig(depth_adapter=True),
+    "official-3d": lambda: MedSAConfig.official(depth_adapter=True),
+}
+each_config = pytest.mark.parametrize("config_name", list(CONFIGS))
+
+
+def plain_model(family: str) -> torch.nn.Module:
+    return FAMILIES[family][0]()
+
+
+def inputs(config: MedSAConfig, seed: int = 0) -> dict:
+    """Four images with a box each; with a depth adapter, two volumes of two slices."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = {
+        "pixel_values": torch.randn(4, 3, SIZE, SIZE, generator=generator),
+        "input_boxes": torch.tensor([[[6.0, 8.0, 40.0, 44.0]]]).repeat(4, 1, 1),
+        "multimask_output": False,
+    }
+    return {**batch, "depth": 2} if config.depth_adapter else batch
+
+
+def without_depth(batch: dict) -> dict:
+    return {key: value for key, value in batch.items() if key != "depth"}
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    return model(**batch).pred_masks
+
+
+@torch.no_grad()
+def trained(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """Every trainable parameter (adapters, modules_to_save copies) moved away from its start, as training would."""
+    generator = torch.Generator().manual_seed(seed)
+    for param in model.parameters():
+        if param.requires_grad:
+            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    return model.eval()
+
+
+@each_family
+@pytest.mark.parametrize("config_name", ["2d", "3d"])
+def test_zero_init_computes_exactly_the_plain_model(family, config_name):
+    config = CONFIGS[config_name]()
+    sam = plain_model(family)
+    batch = inputs(config)
+    with torch.no_grad():
+        expected = sam(**without_depth(batch))
+        got = get_peft_model(sam, config)(**batch)
+    assert torch.equal(got.pred_masks, expected.pred_masks)
+    assert torch.equal(got.iou_scores, expected.iou_scores)
+    assert not torch.allclose(predict(randomize_adapters(sam), batch), expected.pred_masks)  # the adapters act
+
+
+@each_family
+def test_every_encoder_block_and_decoder_block_is_wrapped_at_its_width(family):
+    sam = plain_model(family)
+    model = get_peft_model(sam, MedSAConfig(depth_adapter=True))
+    vision = [module for module in model.modules() if isinstance(module, MedSAVisionLayer)]
+    decoder = [module for module in model.modules() if isinstance(module, MedSATwoWayLayer)]
+    assert len(decoder) == 2 and all(layer.in_features == 32 for layer in decoder)
+    if family == "sam2":
+        assert len(vision) == 6 and all(isinstance(layer, MedSAHieraLayer) for layer in vision)
+        # each block's adapters at its stage's width, after the projection where the block starts a stage
+        widths = [(layer.in_features, layer.out_features) for layer in vision]
+        assert widths == [(8, 8), (8, 16), (16, 16), (16, 32), (32, 32), (32, 64)]
+        for layer in vision:
+            for kind in ("space", "mlp", "depth"):
+                adapter = getattr(layer, f"medsa_{kind}_adapter")["default"]
+                assert adapter.fc1.in_features == adapter.fc2.out_features == layer.base_layer.dim_out
+                assert adapter.fc1.out_features == round(layer.base_layer.dim_out / 4)
+    else:
+        assert len(vision) == 2 and not any(isinstance(layer, MedSAHieraLayer) for layer in vision)
+    # SAM 1 has 1 IoU + 4 mask tokens before the prompt; SAM-HQ adds its HQ token, SAM 2 its object-score token
+    assert {layer.num_output_tokens for layer in decoder} == {6}
+
+
+@each_family
+def test_hyper_adapter_reads_the_sparse_prompt_tokens(family):
+    sam = plain_model(family)
+    batch = inputs(MedSAConfig())
+    with torch.no_grad():
+        sparse, _ = sam.prompt_encoder(
+            input_points=None, input_labels=None, input_boxes=batch["input_boxes"], input_masks=None
+        )
+    model = get_peft_model(sam, MedSAConfig())
+    seen = []
+    for layer in model.modules():
+        if isinstance(layer, MedSATwoWayLayer):
+            hyper = layer.medsa_hyper_adapter["default"]
+            hyper.register_forward_pre_hook(lambda module, args: seen.append(args[1]))
+    predict(model, batch)
+    assert len(seen) == 2 and all(torch.equal(tokens, sparse) for tokens in seen)
+
+
+def test_sam_hq_encoder_still_hands_its_global_layers_to_the_hq_features():
+    model = get_peft_model(tiny_sam_hq_model(), MedSAConfig())
+    with torch.no_grad():
+        outputs = model.base_model.model.vision_encoder(torch.randn(1, 3, SIZE, SIZE))
+    assert len(outputs.intermediate_embeddings) == 1  # layer 1 is the one global layer
+
+
+def test_official_preset_trains_the_whole_sam_hq_decoder_with_its_hq_token_and_layers():
+    sam = tiny_sam_hq_model()
+    hq_parts = ("hq_token", "hq_mask_mlp", "compress_vit_conv1", "encoder_conv1", "mask_conv1", "mask_norm")
+    model = get_peft_model(sam, MedSAConfig.official())
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+    for part in hq_parts:
+        assert any(f"mask_decoder.modules_to_save.default.{part}." in name for name in trainable), part
+    assert not any("vision_encoder" in name and ".medsa_" not in name for name in trainable)
+    model.train()
+    outputs = model(**inputs(model.peft_config["default"]))
+    outputs.pred_masks.square().sum().backward()
+    hq_token = model.base_model.model.mask_decoder.modules_to_save["default"].hq_token.weight
+    assert hq_token.grad is not None and hq_token.grad.abs().sum() > 0
+
+
+def test_hq_token_and_its_layers_train_beside_the_decoder_adapters_through_modules_to_save():
+    sam = tiny_sam_hq_model()
+    batch = inputs(MedSAConfig())
+    plain = predict(sam, batch)
+    model = get_peft_model(sam, MedSAConfig(modules_to_save=["hq_token", "hq_mask_mlp"]))
+    assert torch.equal(predict(model, batch), plain)
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+    assert any(".hq_token.modules_to_save.default." in name for name in trainable)
+    assert any(".hq_mask_mlp.modules_to_save.default." in name for name in trainable)
+    model.train()
+    model(**batch).pred_masks.square().sum().backward()
+    hq_token = model.base_model.model.mask_decoder.hq_token.modules_to_save["default"].weight
+    assert hq_token.grad is not None and hq_token.grad.abs().sum() > 0
+
+
+@each_family
+@each_config
+def test_save_pretrained_then_from_pretrained(family, config_name, tmp_path):
+    config = CONFIGS[config_name]()
+    model = trained(get_peft_model(plain_model(family), config))
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(plain_model(family), tmp_path)
+    expected, got = model.state_dict(), loaded.state_dict()
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[key], expected[key]) for key in expected)
+    batch = inputs(config)
+    torch.testing.assert_close(predict(loaded, batch), predict(model, batch), rtol=1e-5, atol=1e-6)
+
+
+@each_family
+@each_config
+def test_disable_adapter_and_unload_give_the_plain_model(family, config_name):
+    config = CONFIGS[config_name]()
+    sam = plain_model(family)
+    batch = inputs(config)
+    plain = predict(sam, without_depth(batch))
+    state = {key: value.clone() for key, value in sam.state_dict().items()}
+    model = trained(get_peft_model(sam, config))
+    assert not torch.allclose(predict(model, batch), plain)
+    with model.disable_adapter():
+        assert torch.equal(predict(model, batch), plain)
+
+    unloaded = model.unload()
+    assert type(unloaded) is FAMILIES[family][1] and not hasattr(unloaded, VOLUME_HOOKS)
+    assert not any(isinstance(module, BaseTunerLayer) for module in unloaded.modules())
+    if not config.modules_to_save:  # PEFT's unload keeps the trained copy of a module to save
+        assert all(torch.equal(unloaded.state_dict()[key], state[key]) for key in state)
+        assert torch.equal(predict(unloaded, without_depth(batch)), plain)
+
+
+@each_family
+@each_config
+def test_backward_reaches_the_adapters_and_nothing_else(family, config_name):
+    config = CONFIGS[config_name]()
+    model = get_peft_model(plain_model(family), config).train()
+    outputs = model(**inputs(config))
+    loss = outputs.pred_masks.sum() + outputs.iou_scores.sum()
+    if family == "sam2":  # SAM 2's decoder also scores whether the object is present
+        loss = loss + outputs.object_score_logits.sum()
+    loss.backward()
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert ".medsa_" in name or ".modules_to_save." in name, name
+            assert param.grad is not None, name
+        else:
+            assert param.grad is None, name
+
+
+@each_family
+@pytest.mark.parametrize("use_reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+def test_activation_checkpointing_keeps_depth_and_the_gradients(family, use_reentrant):
+    config = MedSAConfig(depth_adapter=True)
+    model = trained(get_peft_model(plain_model(family), config)).train()
+    batch = inputs(config)
+
+    def gradients() -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        outputs = model(**batch)
+        (outputs.pred_masks.square().sum() + outputs.iou_scores.square().sum()).backward()
+        return {name: param.grad.clone() for name, param in model.named_parameters() if param.requires_grad}
+
+    plain = gradients()
+    layers = [module for module in model.modules() if isinstance(module, MedSAVisionLayer)]
+    if family == "sam2":  # transformers' switch refuses Sam2Model, whose class does not declare the support
+        with pytest.raises(ValueError, match="does not support activation checkpointing"):
+            model.gradient_checkpointing_enable()
+    enable_activation_checkpointing(model, use_reentrant=use_reentrant)
+    assert all(layer.gradient_checkpointing for layer in layers)
+    checkpointed = gradients()
+    assert plain.keys() == checkpointed.keys()
+    assert any(grad.abs().sum() > 0 for name, grad in plain.items() if "medsa_depth_adapter" in name)
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@each_family
+def test_bf16_model_and_bf16_autocast(family):
+    config = MedSAConfig(depth_adapter=True)
+    batch = inputs(config)
+    reference = trained(get_peft_model(plain_model(family), config))
+    expected = predict(reference, batch)
+    with reference.disable_adapter():
+        adapters_effect = (expected - predict(reference, batch)).abs().max()
+
+    low = get_peft_model(plain_model(family).to(torch.bfloat16), MedSAConfig(depth_adapter=True))
+    low.load_state_dict(reference.state_dict())
+    assert {param.dtype for name, param in low.named_parameters() if ".medsa_" in name} == {torch.float32}
+    got = predict(low, {**batch, "pixel_values": batch["pixel_values"].bfloat16(), "input_boxes": batch["input_boxes"]})
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - expected).abs().max() < 0.3 * adapters_effect
+
+    reference.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = reference(**batch)
+    outputs.pred_masks.float().square().mean().backward()
+    grads = [param.grad for param in reference.parameters() if param.requires_grad]
+    assert all(grad is not None and torch.isfinite(grad).all() for grad in grads)
+
+
+def hiera_layers(config: MedSAConfig | None = None) -> list[MedSAHieraLayer]:
+    model = get_peft_model(tiny_sam2_model(), config or MedSAConfig(depth_adapter=True, init="official"))
+    return [module for module in model.modules() if isinstance(module, MedSAHieraLayer)]
+
+
+# (block, its input grid): 0 windowed, 1 pools in windows into stage 1, 2 global, 4 windowed with padding (6 x 6
+# windows on a 4 x 4 grid), 5 pools in padded windows into stage 3.
+HIERA_BLOCKS = {"windowed": (0, 16), "pooling": (1, 16), "global": (2, 8), "padded": (4, 4), "padded-pooling": (5, 4)}
+
+
+@pytest.mark.parametrize("block", list(HIERA_BLOCKS))
+def test_hiera_block_without_adapters_is_sam2s_block(block):
+    index, grid = HIERA_BLOCKS[block]
+    layer = hiera_layers()[index]
+    tokens = torch.randn(4, grid, grid, layer.in_features)
+    layer.enable_adapters(False)
+    with torch.no_grad():
+        expected = layer.base_layer(tokens)
+        got = layer(tokens, depth=2)
+    assert torch.equal(got, expected)
+
+
+def test_hiera_block_follows_the_design_math():
+    """x' + a + MLP(n) + s * MLPAdapter(n): a = Attn(h) + Space(Attn(h)) + Depth(DepthAttn(pool(qkv(h)))), h = LN1(x),
+    x' = pool(proj(h)) where the block changes width, on block 3 (pools 8 x 8 -> 4 x 4 in 4 x 4 windows)."""
+    layer = hiera_layers()[3]
+    base, depth, tokens = layer.base_layer, 2, torch.randn(4, 8, 8, 16)
+    adapter = lambda kind: getattr(layer, f"medsa_{kind}_adapter")["default"]  # noqa: E731
+    with torch.no_grad():
+        h = base.layer_norm1(tokens)
+        residual = torch.nn.functional.max_pool2d(base.proj(h).permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+        spatial = block_output_without_mlp(base, tokens) - residual
+        qkv = torch.nn.functional.max_pool2d(base.attn.qkv(h).permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+        q, k, v = qkv.reshape(2, depth, 16, 3, 2, 16).permute(3, 0, 2, 4, 1, 5)  # (volume, token, head, slice, d)
+        weights = torch.softmax(q @ k.transpose(-1, -2) / 16**0.5, dim=-1)
+        across = (weights @ v).permute(0, 3, 1, 2, 4).reshape(4, 4, 4, 32)
+        depth_attn = base.attn.proj(across)
+        a = spatial + adapter("space")(spatial) + adapter("depth")(depth_attn)
+        x = residual + a
+        n = base.layer_norm2(x)
+        expected = x + base.mlp(n) + 0.5 * adapter("mlp")(n)
+        got = layer(tokens, depth=depth)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def block_output_without_mlp(block: Sam2MultiScaleBlock, tokens: torch.Tensor) -> torch.Tensor:
+    """SAM 2's own block with its MLP's output replaced by zeros: the residual plus the attention, computed by
+    transformers' code (windows, query pooling and all)."""
+    handle = block.mlp.register_forward_hook(lambda module, args, output: torch.zeros_like(output))
+    try:
+        return block(tokens)
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("block", list(HIERA_BLOCKS))
+def test_sd_trans_on_hiera_mixes_slices_only_at_the_pooled_token(block):
+    """One slice's token (i, j) perturbed: in a block's output, the other slices of its volume change at exactly
+    one token, the one of the block's output grid that covers (i, j) ((i, j) itself, or (i // 2, j // 2) where the
+    block pools its queries); the other volume does not change."""
+    index, grid = HIERA_BLOCKS[block]
+    layer = hiera_layers()[index]
+    stride = 2 if layer.base_layer.query_stride else 1
+    depth, k, (i, j) = 3, 1, (grid - 1, grid // 2 - 1)  # a token off the window corners, in the last window row
+    tokens = torch.randn(2 * depth, grid, grid, layer.in_features)
+    changed = tokens.clone()
+    changed[k, i, j] += 3.0 * torch.randn(layer.in_features)
+    with torch.no_grad():
+        diff = (layer(changed, depth=depth) - layer(tokens, depth=depth)).abs().amax(dim=-1)
+
+    others = [s for s in range(depth) if s != k]
+    at_token = diff[others, i // stride, j // stride]
+    elsewhere = diff[others].clone()
+    elsewhere[:, i // stride, j // stride] = 0
+    assert (at_token > 1e-5).all(), "the other slices must see slice k through the depth branch"
+    assert elsewhere.max() == 0, "the depth branch must not mix tokens of the output grid"
+    assert diff[depth:].max() == 0, "the other volume must not change"
+    assert diff[k].max() > 0
+
+
+def test_volumes_do_not_mix_through_a_whole_sam2():
+    model = randomize_adapters(get_peft_model(tiny_sam2_model(), MedSAConfig(depth_adapter=True)))
+    batch = inputs(model.peft_config["default"])
+    changed = batch["pixel_values"].clone()
+    changed[1] += torch.randn(3, SIZE, SIZE)  # volume 0, slice 1
+    before, after = predict(model, batch), predict(model, {**batch, "pixel_values": changed})
+    assert not torch.allclose(after[0], before[0])  # slice 0 sees its neighbour through SD-Trans
+    assert torch.equal(after[2:], before[2:])
+
+
+def test_sam_variants_of_converted_sam_checkpoints_are_refused_where_they_do_not_apply():
+    with pytest.raises(ValueError, match="decoder_block='sam'"):
+        get_peft_model(tiny_sam2_model(), MedSAConfig(decoder_block="medsa-2024"))
+    with pytest.raises(ValueError, match="decoder_block='sam'"):
+        get_peft_model(tiny_sam_hq_model(), MedSAConfig(decoder_block="medsa-2024"))
+    with pytest.raises(ValueError, match="Hiera encoder has no such variant"):
+        get_peft_model(tiny_sam2_model(), MedSAConfig(pad_windows_before_norm=True))
+
+
+def test_fused_attention_serves_sam_hq_and_leaves_hiera_alone():
+    config = MedSAConfig(depth_adapter=True)
+    batch = inputs(config)
+    model = randomize_adapters(get_peft_model(tiny_sam_hq_model(), config))
+    expected = predict(model, batch)
+    torch.testing.assert_close(predict(use_fused_attention(model), batch), expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="SAM ViT"):
+        use_fused_attention(get_peft_model(tiny_sam2_model(), config))
+
+
+@each_family
+def test_layer_status_names_the_wrapping_layers(family):
+    model = get_peft_model(plain_model(family), MedSAConfig())
+    kinds = {layer.module_type for layer in model.get_layer_status()}
+    encoder_kind = "MedSAHieraLayer" if family == "sam2" else "MedSAVisionLayer"
+    assert kinds == {encoder_kind, "MedSATwoWayLayer"}
+    assert all(isinstance(layer, MedSALayer) for layer in model.modules() if isinstance(layer, BaseTunerLayer))
+
+
+def adapter_parameters(width: int) -> int:
+    """One bottleneck adapter at ratio 1/4: C * C/4 + C/4 + C/4 * C + C."""
+    return 2 * width * (width // 4) + width // 4 + width
+
+
+def test_real_size_parameter_budgets_on_meta_device():
+    """docs/design.md's table: SAM-HQ ViT-B's adapters are SAM ViT-B's; SAM 2.1 Hiera-T's have each stage's width."""
+    from transformers import Sam2Config, SamHQConfig
+
+    decoder_adapters = 823_744  # HyP-Adpt, query and key adapters of two 256-wide two-way blocks, as on SAM
+    with torch.device("meta"):
+        sam_hq = SamHQModel(SamHQConfig())
+        hiera_tiny = Sam2Model(Sam2Config())
+    model = get_peft_model(sam_hq, MedSAConfig(depth_adapter=True))
+    assert model.get_nb_trainable_parameters()[0] == 3 * 12 * adapter_parameters(768) + decoder_adapters == 11_475_136
+    model = get_peft_model(hiera_tiny, MedSAConfig(depth_adapter=True))
+    per_block = sum(blocks * adapter_parameters(width) for blocks, width in zip([1, 2, 7, 2], [96, 192, 384, 768]))
+    assert model.get_nb_trainable_parameters()[0] == 3 * per_block + decoder_adapters == 4_283_560
+
+
+def test_sam2_video_model_gets_the_same_adapters_in_its_image_encoder_and_decoder():
+    """Sam2VideoModel builds its image encoder and decoder from SAM 2's blocks: the same layers wrap them, and at zero
+    init its image features are exactly the plain model's. (Its memory path is not wrapped.)"""
+    from transformers import Sam2VideoConfig, Sam2VideoModel
+
+    from helpers import tiny_sam2_config
+    from medsa_peft.tiny_sam import randomize_weights
+
+    parts = tiny_sam2_config().to_dict()
+    config = Sam2VideoConfig(
+        **{key: parts[key] for key in ("vision_config", "prompt_encoder_config", "mask_decoder_config")}, image_size=64
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        video = randomize_weights(Sam2VideoModel(config)).eval()
+    pixels = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        expected = video.get_image_features(pixels).fpn_hidden_states
+        model = get_peft_model(video, MedSAConfig())
+        got = video.get_image_features(pixels).fpn_hidden_states
+    kinds = {layer.module_type for layer in model.get_layer_status()}
+    assert kinds == {"MedSAHieraLayer", "MedSATwoWayLayer"}
+    assert not any("memory" in name for name, _ in model.named_parameters() if ".medsa_" in name)
+    assert all(torch.equal(one, other) for one, other in zip(got, expected))
