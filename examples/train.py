@@ -12,7 +12,7 @@ import sys
 
 from transformers import HfArgumentParser
 
-from medsa_peft.training import MedSATrainingArguments, train
+from medsa_peft.training import MedSATrainingArguments
 
 if __name__ == "__main__":
     logging.basicConfig(format="%(message)s", stream=sys.stdout)  # other libraries: warnings only
@@ -22,4 +22,6 @@ if __name__ == "__main__":
         (arguments,) = parser.parse_args_into_dataclasses()
     except ValueError as error:  # an option the dataclass refused: one line and exit 2, as argparse does
         parser.exit(2, f"{parser.prog}: error: {error}\n")
+    from medsa_peft.training import train  # torch, peft, datasets: after parsing, so that --help answers at once
+
     train(arguments)  # errors of the run itself keep their traceback

@@ -1,19 +1,12 @@
 """Evaluation: Dice, IoU and HD95 (`metrics`, also as an `evaluate.Metric`) and scoring a model on a split through
 the predictor (`scoring`)."""
 
-from .metrics import SegmentationMetrics, dice, hd95, iou, mask_scores, summarize, volume_scores
-from .scoring import Evaluation, EvaluationCase, evaluate_model, evaluation_cases
+from ..lazy import lazy_exports
 
-__all__ = [
-    "Evaluation",
-    "EvaluationCase",
-    "SegmentationMetrics",
-    "dice",
-    "evaluate_model",
-    "evaluation_cases",
-    "hd95",
-    "iou",
-    "mask_scores",
-    "summarize",
-    "volume_scores",
-]
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        ".metrics": ["SegmentationMetrics", "dice", "hd95", "iou", "mask_scores", "summarize", "volume_scores"],
+        ".scoring": ["Evaluation", "EvaluationCase", "evaluate_model", "evaluation_cases"],
+    },
+)

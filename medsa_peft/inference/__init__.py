@@ -1,15 +1,13 @@
-"""Segmenting files and arrays with SAM and a Med-SA adapter: `MedSAPredictor` and the prompts it takes."""
+"""Segmenting files and arrays with SAM and a Med-SA adapter: `MedSAPredictor`, the prompts it takes, and the cases
+of files and folders (`cases`)."""
 
-from .predictor import AdapterNotFoundError, MedSAPredictor, Prediction, load_medsa_model
-from .prompts import Box3D, Prompt, PromptError, SlicePrompt
+from ..lazy import lazy_exports
 
-__all__ = [
-    "AdapterNotFoundError",
-    "Box3D",
-    "MedSAPredictor",
-    "Prediction",
-    "Prompt",
-    "PromptError",
-    "SlicePrompt",
-    "load_medsa_model",
-]
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        ".cases": ["PredictionCase", "prediction_cases"],
+        ".predictor": ["AdapterNotFoundError", "MedSAPredictor", "Prediction", "load_medsa_model"],
+        ".prompts": ["Box3D", "Prompt", "PromptError", "SlicePrompt"],
+    },
+)

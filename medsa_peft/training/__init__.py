@@ -1,7 +1,12 @@
 """Training Med-SA under Accelerate: the options (`arguments`), the loop (`loop`), checkpoints, the loss and the
 model card written with the adapter."""
 
-from .arguments import MedSATrainingArguments
-from .loop import train
+from ..lazy import lazy_exports
 
-__all__ = ["MedSATrainingArguments", "train"]
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        ".arguments": ["MedSATrainingArguments"],
+        ".loop": ["train"],
+    },
+)
