@@ -75,10 +75,13 @@ class SegmentationConfig(datasets.BuilderConfig):
     classes: class name -> label values making up that class; the binary mask of class ``c`` is
         ``np.isin(label, classes[c])``.
     modality: "ct", "mri", "fundus", "dermoscopy" or "ultrasound" (picks the intensity normalisation).
+    axial_pictures: the 2D pictures are axial slices in canonical (RAS+) voxel order, so pictures of them are shown
+        in radiological view as volumes are.
     """
 
     classes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     modality: str = ""
+    axial_pictures: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,19 +248,23 @@ def nifti_stem(path: Path) -> str:
 # File checks
 
 
-def nifti_geometry(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
-    """(shape, spacing in mm) of a 3D NIfTI from its header, after checking the file holds all its voxels."""
+def nifti_geometry(
+    path: Path, allow_channels: bool = False
+) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """(shape, spacing in mm) of a 3D NIfTI from its header, after checking the file holds all its voxels.
+    With ``allow_channels`` a 4D (H, W, D, C) file of C channels is read too, and its (H, W, D) is returned."""
     try:
         image = nib.load(path)
         voxels = image.dataobj  # an ArrayProxy: where the voxels start and how many bytes they take, unread
         shape, data_start, itemsize = tuple(int(n) for n in voxels.shape), int(voxels.offset), voxels.dtype.itemsize
     except Exception as error:  # nibabel raises many types for a broken file; all mean "unreadable"
         raise CorruptDataError(f"{path}: not a readable NIfTI file ({error})") from error
-    if len(shape) != 3:
-        raise CorruptDataError(f"{path}: expected a 3D volume, header shape is {shape}")
+    if len(shape) != 3 and not (allow_channels and len(shape) == 4):
+        expected = "a 3D volume or 4D channels" if allow_channels else "a 3D volume"
+        raise CorruptDataError(f"{path}: expected {expected}, header shape is {shape}")
     _require_complete(path, data_start + int(np.prod(shape)) * itemsize)
     spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
-    return shape, spacing
+    return shape[:3], spacing
 
 
 def _require_complete(path: Path, expected_bytes: int) -> None:
@@ -295,9 +302,10 @@ def _gunzipped_size(path: Path) -> int:
     return size
 
 
-def check_volume_pair(case: VolumeCase) -> tuple[float, float, float]:
-    """Check image and label of a 3D case (readable, complete, same grid); returns the image spacing (mm)."""
-    image_shape, spacing = nifti_geometry(case.image)
+def check_volume_pair(case: VolumeCase, allow_channels: bool = False) -> tuple[float, float, float]:
+    """Check image and label of a 3D case (readable, complete, same grid); returns the image spacing (mm).
+    ``allow_channels``: the image may be 4D, channels last, on the label's grid."""
+    image_shape, spacing = nifti_geometry(case.image, allow_channels)
     label_shape, _ = nifti_geometry(case.label)
     if image_shape != label_shape:
         raise CorruptDataError(

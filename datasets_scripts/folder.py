@@ -3,7 +3,8 @@
 Three layouts (see docs/data.md, "Your own data"):
 
 * ``msd``: the Medical Segmentation Decathlon / nnU-Net v1 raw layout: ``dataset.json`` ("modality", "labels"
-  as {"1": "liver"}, "training" as [{"image": ..., "label": ...}]), ``imagesTr/``, ``labelsTr/``;
+  as {"1": "liver"}, "training" as [{"image": ..., "label": ...}]), ``imagesTr/``, ``labelsTr/``; 3D images, or
+  4D images of several channels (Task01_BrainTumour) of which ``channel`` is served;
 * ``nnunet_v2``: the nnU-Net v2 raw layout: ``dataset.json`` ("channel_names", "labels" as {"liver": 1},
   "file_ending"), ``imagesTr/CASE_0000<ending>`` (one file per channel), ``labelsTr/CASE<ending>``;
 * ``images``: 2D pictures in ``images/`` and masks of the same file stem in ``masks/`` (or ``labels/``), with
@@ -11,18 +12,20 @@ Three layouts (see docs/data.md, "Your own data"):
 
 Classes and modality come from the folder's metadata; the held-out split is the folder's labelled test split
 (``imagesTs/`` with ``labelsTs/``) where it has one, else a seeded fraction of the cases. Everything is checked
-before a single example is written.
+before a single example is written. The data sets that ``medsa_peft.data.publish`` exports (parquet with a dataset
+card) and ``save_to_disk`` folders are recognised here too, and loaded there.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import datasets
 import nibabel as nib
@@ -38,6 +41,7 @@ from ._common import (
     VolumeBuilder,
     VolumeCase,
     binary_label_map,
+    check_volume_pair,
     nifti_stem,
 )
 
@@ -49,8 +53,10 @@ __all__ = [
     "canonical_modality",
     "detect_layout",
     "folder_builder",
+    "held_out_ids",
     "parse_classes",
     "read_label_map",
+    "resolve_channel",
     "split_by_case",
 ]
 
@@ -60,7 +66,11 @@ LAYOUTS = {
     "nnunet_v2": "nnU-Net v2: dataset.json with 'channel_names', 'labels' and 'file_ending', "
     "imagesTr/CASE_0000.nii.gz, labelsTr/CASE.nii.gz",
     "images": "2D: images/ and masks/ (or labels/), paired by file stem, optional classes.json",
+    "parquet": "parquet files as medsa-peft export-dataset writes them (README.md dataset card, data/*.parquet), "
+    "or one .parquet file",
+    "save_to_disk": "a folder written by datasets' save_to_disk (dataset_dict.json or state.json)",
 }
+PUBLISHED_LAYOUTS = ("parquet", "save_to_disk")  # loaded by medsa_peft.data.publish, not built from files
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 MASK_FOLDERS = ("masks", "labels")
@@ -74,7 +84,8 @@ IGNORE_LABEL = "ignore"  # nnU-Net v2: voxels left out of the loss; here neither
 
 @dataclasses.dataclass
 class FolderConfig(SegmentationConfig):
-    """layout: one of `LAYOUTS`; channel: the nnU-Net channel fed to SAM; validation_fraction, seed: the share
+    """layout: one of `LAYOUTS`; channel: the channel fed to SAM (nnU-Net v2: the _000<channel> file; MSD: the
+    index along a 4D image's last axis); validation_fraction, seed: the share
     of cases held out, and the seed that picks them, when the folder has no labelled test split;
     fingerprint: names, sizes and times of the folder's files, so a changed folder is prepared anew."""
 
@@ -150,6 +161,10 @@ def detect_layout(root: Path) -> str:
         if not any((root / folder).is_dir() for folder in MASK_FOLDERS):
             raise MissingDataError(f"found {root / 'images'} but no masks/ or labels/ folder beside it")
         return "images"
+    if (root / "dataset_dict.json").is_file() or (root / "state.json").is_file():
+        return "save_to_disk"
+    if any(next(root.glob(pattern), None) for pattern in ("*.parquet", "*/*.parquet", "*/*/*.parquet")):
+        return "parquet"  # searched 2 levels down (data/train-*.parquet, default/train/0000.parquet), not the disk
     known = "; ".join(f"{name}: {description}" for name, description in LAYOUTS.items())
     raise MissingDataError(f"{root} is in no layout this builder knows. Known layouts: {known}")
 
@@ -174,13 +189,32 @@ def _foreground(labels: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]
     return {name: values for name, values in labels.items() if values != (0,) and name != IGNORE_LABEL}
 
 
-def _volume_modality(metadata: dict, layout: str, channel: int, where: Path) -> str:
+def _channel_names(metadata: dict, layout: str) -> dict[str, str]:
+    """{"0": "FLAIR", ...}: dataset.json's "channel_names" (nnU-Net v2) or "modality" (MSD); {} when absent."""
     names = metadata.get("channel_names" if layout == "nnunet_v2" else "modality")
-    if not isinstance(names, dict) or not names:
-        return ""
-    if str(channel) not in names:
-        raise ValueError(f"--channel {channel}: {where} lists channels {', '.join(sorted(names))}")
-    return canonical_modality(str(names[str(channel)]))
+    return {str(key): str(value) for key, value in names.items()} if isinstance(names, dict) else {}
+
+
+def resolve_channel(channel: int | str, names: dict[str, str], where: Path | str) -> int:
+    """The index of ``channel``, given by index (2, "2") or by name as dataset.json writes it ("T1Gd", case
+    ignored); ``names`` maps indices ("0") to names, and may be empty when the metadata names no channel."""
+    text = str(channel).strip()
+    if text.isdigit():
+        index = int(text)
+        if names and text not in names and str(index) not in names:
+            raise ValueError(f"--channel {channel}: {where} lists channels {_listed(names)}")
+        return index
+    if isinstance(channel, int):
+        raise ValueError(f"--channel must be at least 0, got {channel}")
+    matches = [int(key) for key, name in names.items() if name.strip().lower() == text.lower()]
+    if len(matches) != 1:
+        found = "is not among" if not matches else "names several of"
+        raise ValueError(f"--channel {channel!r} {found} the channels {where} lists: {_listed(names) or 'none'}")
+    return matches[0]
+
+
+def _listed(names: dict[str, str]) -> str:
+    return ", ".join(f"{key} ({name})" for key, name in sorted(names.items(), key=lambda item: int(item[0])))
 
 
 def _fingerprint(root: Path) -> str:
@@ -196,29 +230,32 @@ def _fingerprint(root: Path) -> str:
 def folder_builder(
     folder: str | os.PathLike,
     cache_dir: str | None = None,
-    channel: int = 0,
+    channel: int | str = 0,
     modality: str | None = None,
     classes: str | dict | None = None,
     validation_fraction: float = 0.2,
     seed: int = 0,
 ) -> datasets.DatasetBuilder:
-    """The builder of a local folder: its layout recognised, classes and modality read from its metadata
-    (``classes`` and ``modality`` override them)."""
+    """The builder of a local folder in one of the file layouts (msd, nnunet_v2, images): its layout recognised,
+    classes and modality read from its metadata (``classes`` and ``modality`` override them). ``channel``: an
+    index, or a channel name of dataset.json."""
     root = Path(folder).expanduser().resolve()
     if not root.is_dir():
         raise MissingDataError(f"{root} is not a folder")
     if not any(root.iterdir()):
         raise MissingDataError(f"{root} is empty")
-    if channel < 0:
-        raise ValueError(f"--channel must be at least 0, got {channel}")
-    if not 0 < validation_fraction < 1:
-        raise ValueError(f"--validation_fraction must lie between 0 and 1, got {validation_fraction}")
+    check_validation_fraction(validation_fraction)
     layout = detect_layout(root)
+    if layout in PUBLISHED_LAYOUTS:
+        raise ValueError(f"{root} is a {layout} data set: load it with medsa_peft.data.builders.prepare_dataset")
     if layout == "images":
         builder_class = FolderImages
         known = _picture_classes(root)
         allowed = {value for values in known.values() for value in values}
         found_modality = DEFAULT_PICTURE_MODALITY
+        if str(channel).strip() != "0":
+            raise ValueError(f"--channel {channel}: {root} holds 2D pictures; --channel picks a channel of volumes")
+        channel = 0
     else:
         builder_class = FolderVolumes
         description = root / "dataset.json"
@@ -226,7 +263,9 @@ def folder_builder(
         labels = _volume_labels(metadata, layout, description)
         allowed = {value for values in labels.values() for value in values}
         known = _foreground(labels)
-        found_modality = _volume_modality(metadata, layout, channel, description)
+        names = _channel_names(metadata, layout)
+        channel = resolve_channel(channel, names, description)
+        found_modality = canonical_modality(names[str(channel)]) if names else ""
     chosen = parse_classes(classes) if classes is not None else known
     if classes is not None:
         unknown = sorted({value for values in chosen.values() for value in values} - allowed)
@@ -256,16 +295,27 @@ def folder_builder(
 # Cases and splits
 
 
+def check_validation_fraction(fraction: float) -> None:
+    if not 0 < fraction < 1:
+        raise ValueError(f"--validation_fraction must lie between 0 and 1, got {fraction}")
+
+
+def held_out_ids(ids: list[str], fraction: float, seed: int) -> set[str]:
+    """A seeded ``fraction`` of the distinct case ``ids`` (at least one, never all), drawn in sorted id order."""
+    ids = sorted(set(ids))
+    if len(ids) < 2:
+        raise MissingDataError(f"found {len(ids)} labelled case(s): at least 2 are needed to hold one out")
+    count = min(len(ids) - 1, max(1, round(fraction * len(ids))))
+    return {ids[index] for index in np.random.default_rng(seed).permutation(len(ids))[:count].tolist()}
+
+
 def split_by_case(cases: list, fraction: float, seed: int) -> dict[str, list]:
     """{"train": ..., "validation": ...}: a seeded ``fraction`` of the cases (at least one) held out whole."""
-    if len(cases) < 2:
-        raise MissingDataError(f"found {len(cases)} labelled case(s): at least 2 are needed to hold one out")
+    held = held_out_ids([case.id for case in cases], fraction, seed)
     cases = sorted(cases, key=lambda case: case.id)
-    count = min(len(cases) - 1, max(1, round(fraction * len(cases))))
-    held = set(np.random.default_rng(seed).permutation(len(cases))[:count].tolist())
     return {
-        "train": [case for index, case in enumerate(cases) if index not in held],
-        "validation": [case for index, case in enumerate(cases) if index in held],
+        "train": [case for case in cases if case.id not in held],
+        "validation": [case for case in cases if case.id in held],
     }
 
 
@@ -342,6 +392,8 @@ class FolderVolumes(VolumeBuilder):
     """A folder of NIfTI volumes in the MSD (nnU-Net v1) or nnU-Net v2 raw layout."""
 
     BUILDER_CONFIG_CLASS = FolderConfig
+    # rows written per Arrow batch: a 4D case's channel is embedded, and the default (1000) would hold 1000 volumes
+    DEFAULT_WRITER_BATCH_SIZE = 8
 
     def _find_cases(self, root: Path) -> dict[str, list[VolumeCase]]:
         self._metadata = _read_json(root / "dataset.json")
@@ -369,24 +421,47 @@ class FolderVolumes(VolumeBuilder):
 
     def _example(self, case: VolumeCase) -> dict:
         image, label = nib.load(case.image), nib.load(case.label)
-        if image.ndim == 4:
-            raise CorruptDataError(
-                f"{case.image}: a 4D image of {image.shape[3]} channels; only 3D volumes are read (nnU-Net v2 "
-                "keeps one file per channel, and --channel picks one)"
-            )
-        example = super()._example(case)
+        channel, msd = self.config.channel, self.config.layout == "msd"
+        if msd and image.ndim == 4 and channel >= image.shape[3]:
+            count = image.shape[3]
+            raise ValueError(f"--channel {channel}: {case.image} has {count} channels, 0 to {count - 1}")
+        if msd and image.ndim == 3 and channel > 0:
+            raise CorruptDataError(f"{case.image}: a 3D image has one channel; --channel {channel} needs 4D images")
+        spacing = check_volume_pair(case, allow_channels=msd)  # MSD keeps channels in a 4D image, nnU-Net v2 in files
+        example = {"id": case.id, "image": str(case.image), "label": str(case.label), "spacing": list(spacing)}
         if not np.allclose(image.affine, label.affine, rtol=1e-4, atol=1e-3):
             raise CorruptDataError(
                 f"{case.label}: label affine {label.affine.tolist()} differs from image {case.image} affine "
                 f"{image.affine.tolist()}"
             )
-        values = np.unique(np.asanyarray(label.dataobj))
-        if not np.array_equal(values, np.rint(values)):
-            raise CorruptDataError(f"{case.label}: the label volume holds non-integer values")
-        unknown = sorted(set(values.astype(int).tolist()) - self._allowed)
-        if unknown:
+        voxels = np.asanyarray(label.dataobj)
+        listed = np.zeros_like(voxels, dtype=bool)  # in the volume's (Fortran) order: mixed orders are slow
+        for value in self._allowed:  # one comparison per listed value: a sort (np.unique) of the volume is slower
+            listed |= voxels == value
+        if not listed.all():
+            others = np.unique(voxels[~listed])
+            if not np.array_equal(others, np.rint(others)):
+                raise CorruptDataError(f"{case.label}: the label volume holds non-integer values")
+            unknown = others.astype(int).tolist()
             raise CorruptDataError(f"{case.label}: label values {unknown} are not among dataset.json's labels")
         return example
+
+    def _generate_examples(self, examples: list[dict]) -> Iterator[tuple[str, dict]]:
+        # A 4D image is served as its chosen channel, embedded; cut here, one case at a time, after every case
+        # has been checked, so that no more than one channel volume is in memory.
+        for example in examples:
+            image = nib.load(example["image"])
+            if image.ndim == 4:
+                example = {**example, "image": {"bytes": channel_volume(image, self.config.channel), "path": None}}
+            yield example["id"], example
+
+
+def channel_volume(image: nib.Nifti1Image, channel: int) -> bytes:
+    """Channel ``channel`` of a 4D (H, W, D, C) NIfTI image as a gzipped 3D NIfTI file: the stored data type and
+    scaling, affine, spacing and units kept."""
+    # only this channel's voxels are read; nibabel resets the header's scaling and finds it anew when writing
+    volume = nib.Nifti1Image(np.asanyarray(image.dataobj[..., channel]), image.affine, image.header.copy())
+    return gzip.compress(volume.to_bytes(), compresslevel=1)
 
 
 # ----------------------------------------------------------------------------------------------------------

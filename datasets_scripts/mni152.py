@@ -48,6 +48,7 @@ class MNI152Config(SegmentationConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        self.axial_pictures = not self.volumes  # the "2d" pictures are the slabs' axial slices, in canonical order
         if self.resolution_mm < 1 or self.slab_depth < 1 or self.test_period < 2:
             raise ValueError(
                 f"MNI152 needs resolution_mm >= 1, slab_depth >= 1, test_period >= 2; got {self.resolution_mm}, "

@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
+from transformers import HfArgumentParser
 
 from datasets_scripts._common import CorruptDataError, MissingDataError
 from datasets_scripts.folder import canonical_modality
@@ -39,11 +40,20 @@ def save(image: nib.Nifti1Image, path: Path) -> Path:
     return path
 
 
-def write_msd(root: Path, cases, test_cases=(), modality: str = "T1") -> Path:
-    """A Decathlon folder: dataset.json, imagesTr/, labelsTr/ and, given test cases, imagesTs/ with labelsTs/."""
+def inverted(image: nib.Nifti1Image) -> nib.Nifti1Image:
+    return nib.Nifti1Image(1.0 - image.get_fdata(dtype=np.float32), image.affine)
+
+
+def write_msd(root: Path, cases, test_cases=(), modality: str | dict = "T1") -> Path:
+    """A Decathlon folder: dataset.json, imagesTr/, labelsTr/ and, given test cases, imagesTs/ with labelsTs/.
+    A modality mapping of two channels ({"0": "T1", "1": "FLAIR"}) writes 4D images: the T1, then its inverse."""
+    channels = modality if isinstance(modality, dict) else {"0": modality}
     training = []
     for index, (image, label) in enumerate(cases):
         name = f"brain_{index:03d}.nii.gz"
+        if len(channels) > 1:
+            channels_last = np.stack([image.get_fdata(dtype=np.float32), inverted(image).get_fdata()], axis=-1)
+            image = nib.Nifti1Image(channels_last, image.affine)
         save(image, root / "imagesTr" / name)
         save(label, root / "labelsTr" / name)
         training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
@@ -52,7 +62,7 @@ def write_msd(root: Path, cases, test_cases=(), modality: str = "T1") -> Path:
         save(label, root / "labelsTs" / f"brain_t{index:03d}.nii.gz")
     description = {
         "name": "MNI",
-        "modality": {"0": modality},
+        "modality": channels,
         "labels": {"0": "background", "1": "grey matter", "2": "white matter"},
         "numTraining": len(training),
         "training": training,
@@ -60,10 +70,6 @@ def write_msd(root: Path, cases, test_cases=(), modality: str = "T1") -> Path:
     }
     (root / "dataset.json").write_text(json.dumps(description))
     return root
-
-
-def inverted(image: nib.Nifti1Image) -> nib.Nifti1Image:
-    return nib.Nifti1Image(1.0 - image.get_fdata(dtype=np.float32), image.affine)
 
 
 def write_nnunet_v2(root: Path, cases, labels: dict | None = None) -> Path:
@@ -143,6 +149,42 @@ def test_nnunet_v2_channel_option_picks_the_channel_file_and_regions_become_clas
     flair = second.train[second.train["id"].index(case)]["image"].get_fdata()
     np.testing.assert_allclose(flair, 1.0 - t1, atol=1e-6)
     assert second.evaluation["id"] == first.evaluation["id"]
+
+
+@pytest.mark.parametrize("channel", [1, "1", "FLAIR", "flair"])
+def test_four_dimensional_decathlon_images_serve_the_channel_chosen_by_index_or_name(
+    tmp_path, mni_cases, prepare, channel
+):
+    folder = write_msd(tmp_path / "Task01_MNI", mni_cases, modality={"0": "T1", "1": "FLAIR"})
+
+    first, chosen = prepare(folder), prepare(folder, channel=channel)
+    assert first.modality == chosen.modality == "mri" and first.classes == TISSUES
+    assert chosen.evaluation["id"] == first.evaluation["id"]
+    case = chosen.train["id"][0]
+    source = nib.load(folder / "imagesTr" / f"{case}.nii.gz")
+    t1, flair = (first.train[0]["image"], chosen.train[0]["image"])
+    assert t1.shape == flair.shape == chosen.train[0]["label"].shape == (32, 26, DEPTH)
+    np.testing.assert_allclose(t1.get_fdata(), source.dataobj[..., 0], atol=1e-6)
+    np.testing.assert_allclose(flair.get_fdata(), source.dataobj[..., 1], atol=1e-6)
+    np.testing.assert_allclose(flair.affine, source.affine)
+    assert chosen.train[0]["spacing"] == [2.0, 2.0, 2.0]
+
+
+def test_nnunet_v2_channel_by_name(tmp_path, mni_cases, prepare):
+    folder = write_nnunet_v2(tmp_path / "v2", mni_cases)
+    by_index, by_name = prepare(folder, channel=1), prepare(folder, channel="flair")
+    np.testing.assert_array_equal(by_name.train[0]["image"].get_fdata(), by_index.train[0]["image"].get_fdata())
+
+
+def test_the_channel_option_of_train_py_takes_an_index_or_a_name(tmp_path, mni_cases, prepare):
+    folder = write_nnunet_v2(tmp_path / "v2", mni_cases)
+    parser = HfArgumentParser(MedSATrainingArguments)
+    (by_name,) = parser.parse_args_into_dataclasses(["--dataset", str(folder), "--channel", "FLAIR"])
+    (by_index,) = parser.parse_args_into_dataclasses(["--dataset", str(folder), "--channel", "1"])
+    first, second = prepare(folder, channel=by_name.channel), prepare(folder, channel=by_index.channel)
+    np.testing.assert_array_equal(first.train[0]["image"].get_fdata(), second.train[0]["image"].get_fdata())
+    with pytest.raises(ValueError, match="--channel must be an index of at least 0 or a channel name, got -1"):
+        parser.parse_args_into_dataclasses(["--dataset", str(folder), "--channel", "-1"])
 
 
 def test_nnunet_v2_ignore_label_is_neither_a_class_nor_an_error(tmp_path, mni_cases, prepare):
@@ -291,11 +333,19 @@ def test_too_few_cases_to_hold_one_out(tmp_path, mni_cases, prepare):
         prepare(write_msd(tmp_path / "msd", mni_cases[:1]))
 
 
-def test_four_dimensional_decathlon_image_is_refused_with_the_way_out(tmp_path, mni_cases, prepare):
-    folder = write_msd(tmp_path / "msd", mni_cases)
-    image = mni_cases[0][0]
-    channels = np.stack([image.get_fdata(dtype=np.float32)] * 2, axis=-1)
-    save(nib.Nifti1Image(channels, image.affine), folder / "imagesTr" / "brain_000.nii.gz")
-    with pytest.raises(CorruptDataError, match="a 4D image of 2 channels; .*nnU-Net v2"):
-        prepare(folder)
+def test_four_dimensional_decathlon_image_with_a_channel_it_lacks(tmp_path, mni_cases, prepare):
+    folder = write_msd(tmp_path / "msd", mni_cases, modality={"0": "T1", "1": "FLAIR"})
+    description = json.loads((folder / "dataset.json").read_text())
+    description["modality"]["2"] = "T2"  # dataset.json promises a third channel that the images lack
+    (folder / "dataset.json").write_text(json.dumps(description))
+    with pytest.raises(ValueError, match=r"--channel 2: .*brain_000.nii.gz has 2 channels, 0 to 1"):
+        prepare(folder, channel="T2")
+    with pytest.raises(ValueError, match=r"--channel 'PET' is not among the channels .*0 \(T1\), 1 \(FLAIR\)"):
+        prepare(folder, channel="PET")
     assert_nothing_prepared(tmp_path / "cache")
+
+
+def test_a_channel_of_a_three_dimensional_decathlon_image(tmp_path, mni_cases, prepare):
+    folder = write_msd(tmp_path / "msd", mni_cases)
+    with pytest.raises(ValueError, match="--channel 1: .*dataset.json lists channels 0 \\(T1\\)"):
+        prepare(folder, channel=1)

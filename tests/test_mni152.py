@@ -55,6 +55,8 @@ def test_both_configs_describe_mri_with_grey_and_white_matter(prepared):
         assert builder.config.modality == "mri"
         assert builder.config.classes == {"grey_matter": (1,), "white_matter": (2,)}
     assert MNI152.DEFAULT_CONFIG_NAME == "3d"
+    # the 2d pictures are axial slices in canonical order: overlays show them in radiological view
+    assert prepared["2d"][0].config.axial_pictures and not prepared["3d"][0].config.axial_pictures
 
 
 def test_3d_slabs_carry_the_template_geometry_and_data(prepared, template):
