@@ -13,6 +13,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+# mkstemp creates files readable by their owner only; the files written here are a user's outputs, so they get
+# the permissions any new file of theirs gets (read once: os.umask can only be read by setting it)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 __all__ = [
     "atomic_path",
     "write_json",
@@ -32,6 +37,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     os.close(handle)
     try:
         yield Path(temporary)
+        os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
