@@ -2,10 +2,12 @@
 loader defaults."""
 
 import dataclasses
+import io
 import json
 import logging
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from safetensors.torch import load_file
 from transformers import HfArgumentParser, SamModel
 
 import medsa_peft  # noqa: F401
+from medsa_peft.data.samples import EpochSampler
 from medsa_peft.training.checkpoints import TRAINER_STATE, checkpoint_dirs, latest_checkpoint
 from medsa_peft.training.losses import DiceBCELoss
 from helpers import LocalHub, tiny_sam_model
@@ -428,3 +431,115 @@ def test_epochs_set_the_steps_through_the_chosen_schedule_and_the_run_is_summari
         f"Num epochs = {steps / steps_per_epoch:.2f} ({steps_per_epoch:,} optimisation steps each)",
     ):
         assert f"  {line}" in summary, line
+
+
+def test_the_training_order_follows_from_the_seed_and_the_epoch_alone():
+    """The loader asks the samples for keys (epoch, item), each item once an epoch; the samples draw from them."""
+    sampler = EpochSampler(6, seed=3)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert sorted(item for _, item in first) == sorted(item for _, item in second) == list(range(6))
+    assert {epoch for epoch, _ in first} == {0} and {epoch for epoch, _ in second} == {1}
+    assert [item for _, item in first] != [item for _, item in second]
+    sampler.set_epoch(0)
+    assert list(sampler) == first == list(EpochSampler(6, seed=3))
+    assert list(EpochSampler(6, seed=4)) != first
+
+
+@pytest.mark.parametrize(
+    "options, steps, stop",
+    [
+        # 2D, no workers: 30 optimisation steps an epoch of 2 accumulated batches; the stop is inside the first epoch
+        (dict(per_device_train_batch_size=2, gradient_accumulation_steps=2, num_workers=0), 3, 2),
+        # 3D chunks with a depth adapter and a worker: 2 steps an epoch; the stop is inside the second epoch
+        (dict(dataset_config="3d", volume_depth=2, per_device_train_batch_size=8, num_workers=1), 5, 3),
+    ],
+    ids=["2d-no-workers", "3d-one-worker"],
+)
+def test_a_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one(
+    tiny_sam_dir, dataset_cache, tmp_path, options, steps, stop
+):
+    def train_to_the_end(output_dir, **more):
+        more.update(options, max_steps=steps, warmup_steps=0)
+        train(quick_training(tiny_sam_dir, dataset_cache, output_dir, **more))
+
+    train_to_the_end(tmp_path / "whole", checkpointing_steps=stop)
+    # the run stopped at its checkpoint: the checkpoint, and what a kill during the next save leaves behind
+    checkpoint = f"step-{stop:06d}"
+    shutil.copytree(tmp_path / "whole" / "checkpoints" / checkpoint, tmp_path / "stopped" / "checkpoints" / checkpoint)
+    (tmp_path / "stopped" / "checkpoints" / f".step-{stop + 1:06d}.partial").mkdir()
+    train_to_the_end(tmp_path / "stopped", resume_from_checkpoint="latest")
+
+    whole, resumed = (load_file(tmp_path / run / "adapter/adapter_model.safetensors") for run in ("whole", "stopped"))
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[name], resumed[name]) for name in whole)
+    assert not [path.name for path in (tmp_path / "stopped" / "checkpoints").iterdir() if path.name.startswith(".")]
+
+
+@pytest.fixture(scope="module")
+def run_logged_to_a_file(tiny_sam_dir, dataset_cache, tmp_path_factory):
+    """examples/train.py with its output (stdout and stderr) in a log file, TensorBoard on, a checkpoint at step 2."""
+    output_dir = tmp_path_factory.mktemp("logged-run")
+    more = ["--max_steps", "3", "--checkpointing_steps", "2", "--logging_steps", "1", "--num_workers", "0"]
+    more += ["--eval_every", "2", "--report_to", "tensorboard"]  # the later of two values counts
+    command = [sys.executable, TRAIN_SCRIPT, *quick_args(tiny_sam_dir, dataset_cache, output_dir, *more)]
+    with open(output_dir / "train.log", "w") as log:
+        result = subprocess.run(command, env=environment(), stdout=log, stderr=subprocess.STDOUT, timeout=600)
+    log = (output_dir / "train.log").read_text()
+    assert result.returncode == 0, log[-3000:]
+    return output_dir, log
+
+
+def test_a_log_file_gets_progress_lines_and_no_progress_bars(run_logged_to_a_file):
+    _, log = run_logged_to_a_file
+    assert "\r" not in log and "\x1b[" not in log
+    for step in (1, 2, 3):
+        assert f"step {step}/3: loss " in log
+    assert "step 0 (test): mean Dice" in log and "step 2 (test): mean Dice" in log
+
+
+def test_the_evaluation_before_training_is_logged_to_the_tracker_at_step_0(run_logged_to_a_file):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    output_dir, log = run_logged_to_a_file
+    events = EventAccumulator(str(output_dir / "medsa"))
+    events.Reload()
+    dice = {event.step: event.value for event in events.Scalars("eval/dice")}
+    assert sorted(dice) == [0, 2, 3]
+    assert f"step 0 (test): mean Dice {dice[0]:.4f}" in log
+    assert sorted(event.step for event in events.Scalars("train/loss")) == [1, 2, 3]
+
+
+def test_both_progress_bars_have_totals_on_a_terminal(tiny_sam_dir, dataset_cache, tmp_path, monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    train(quick_training(tiny_sam_dir, dataset_cache, tmp_path, max_steps=2, num_workers=0))
+    bars = terminal.getvalue()
+    assert "training: 100%" in bars and "2/2 [" in bars
+    assert "evaluating:" in bars and "/16 [" in bars  # of the 16 examples of the test split
+
+
+def test_resuming_with_other_adapter_options_is_a_one_line_error_before_the_run(run_logged_to_a_file, tiny_sam_dir):
+    output_dir, _ = run_logged_to_a_file
+    resume = ["--model", tiny_sam_dir, "--output_dir", str(output_dir), "--resume", "latest"]
+    result = subprocess.run(
+        [sys.executable, TRAIN_SCRIPT, *resume, "--bottleneck_ratio", "0.5", "--volume_depth", "2"],
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    ours = [line for line in result.stderr.splitlines() if "train.py" in line or "Traceback" in line]
+    assert len(ours) == 1 and ours[0].startswith("train.py: error: --resume_from_checkpoint/--resume latest: "), ours
+    differences = [
+        "--bottleneck_ratio 0.25 in the checkpoint, 0.5 now",
+        "--volume_depth: the depth adapter is off in the checkpoint, on now",
+    ]
+    assert f"step-000002 was trained with other adapter options: {'; '.join(differences)}." in ours[0]
+    assert sorted(path.name for path in (output_dir / "checkpoints").iterdir()) == ["step-000002"]  # nothing ran

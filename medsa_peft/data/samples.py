@@ -13,7 +13,7 @@ to answer "nothing here" to a prompt carried over from a neighbour slice.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import datasets
 import numpy as np
@@ -26,6 +26,7 @@ from .prompts import PromptSpec
 from .store import ClassVoxels, StoredExample, prepare_examples
 
 __all__ = [
+    "EpochSampler",
     "SamTrainingSamples",
     "collate_sam",
     "nearest_present_slices",
@@ -60,8 +61,12 @@ class SamTrainingSamples(torch.utils.data.Dataset):
     default beside the split's cache files; `num_proc` processes): pictures framed, volumes uncompressed with
     per-slice and per-row class counts. A sample then reads its picture, or the slices of its chunk, and
     nothing else.
-    Randomness (chunk position, prompt jitter) is seeded from `torch.initial_seed()` and the process rank, so
-    it differs between DataLoader workers and data-parallel processes and follows `torch.manual_seed`.
+
+    Randomness (chunk position, prompt jitter and clicks) comes in two ways. `samples[epoch, item]`, as the
+    training loader asks for it (`EpochSampler`), draws from (`seed`, epoch, item) alone: the sample is the same
+    in any DataLoader worker or process and in any order, so a run resumed at a step sees the samples an
+    uninterrupted run sees, with no random state to save. `samples[item]` draws from one stream per process,
+    seeded by `torch.initial_seed()` and the process rank and continued from call to call.
     """
 
     def __init__(
@@ -74,6 +79,7 @@ class SamTrainingSamples(torch.utils.data.Dataset):
         volume_depth: int = 1,
         store_dir: str | os.PathLike | None = None,
         num_proc: int = 1,
+        seed: int = 0,
     ):
         self.classes = {name: tuple(int(value) for value in values) for name, values in classes.items()}
         self.modality = modality
@@ -85,6 +91,7 @@ class SamTrainingSamples(torch.utils.data.Dataset):
             raise ValueError(f"volume_depth must be >= 1, and 1 for a 2D data set; got {volume_depth}")
         self.examples = prepare_examples(split, modality, frame.image_size, store_dir, num_proc)
         self.items = self._present_classes()
+        self.seed = seed
         self._rng_seed: tuple[int, int] | None = None
         self._rng: np.random.Generator | None = None
 
@@ -130,11 +137,20 @@ class SamTrainingSamples(torch.utils.data.Dataset):
         )
         return centre[2] - self.volume_depth // 2
 
-    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        """`samples[item]`, from the stream of `torch.initial_seed()`, or `samples[epoch, item]`, from (seed,
+        epoch, item)."""
+        if isinstance(key, tuple):
+            epoch, item = key
+            rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(epoch, item)))
+        else:
+            item, rng = key, self._generator()
+        return self._sample(item, rng)
+
+    def _sample(self, item: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         index, class_name = self.items[item]
         example = self.examples[index]
         values = self.classes[class_name]
-        rng = self._generator()
         if self.is_volume:
             start = self._chunk_start(example, values, rng)
             stop = start + self.volume_depth
@@ -153,6 +169,30 @@ class SamTrainingSamples(torch.utils.data.Dataset):
         if not self.is_volume:
             sample.update({name: value[0] for name, value in sample.items() if name != "images"})
         return sample
+
+
+class EpochSampler(torch.utils.data.Sampler[tuple[int, int]]):
+    """Keys `(epoch, item)` of `SamTrainingSamples`: every item once per epoch, shuffled by (`seed`, epoch) alone.
+
+    `set_epoch` (called by Accelerate's prepared loaders) picks the epoch. With the samples drawn from their
+    keys, the data of any step follows from (seed, epoch, position in the epoch): a resumed run skips the
+    batches already used in its epoch and goes on exactly as an uninterrupted run, whatever the workers.
+    """
+
+    def __init__(self, size: int, seed: int = 0):
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(self.epoch,)))
+        return iter([(self.epoch, int(item)) for item in rng.permutation(self.size)])
 
 
 def collate_sam(samples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor | int | list]:

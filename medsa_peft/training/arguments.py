@@ -5,17 +5,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from datasets_scripts.folder import canonical_modality, parse_classes
+from ..constants import EMBEDDED_DEFAULT
 
-from ..data.builders import EMBEDDED_DEFAULT
-from ..data.prompts import PromptSpec
-from ..tuner.config import MedSAConfig
+if TYPE_CHECKING:
+    from ..tuner.config import MedSAConfig
 
-__all__ = ["DEFAULT_MAX_STEPS", "LR_SCHEDULERS", "MedSATrainingArguments"]
+__all__ = ["DEFAULT_MAX_STEPS", "LR_SCHEDULERS", "METHODS", "MedSATrainingArguments"]
 
 DEFAULT_MAX_STEPS = 600  # without --max_steps and --num_train_epochs
 # transformers' `get_scheduler` types that need no option beyond the warm-up and the number of steps
@@ -28,6 +28,8 @@ LR_SCHEDULERS = (
     "constant_with_warmup",
     "inverse_sqrt",
 )
+# what trains (medsa_peft.training.methods): Med-SA adapters, PEFT LoRA, SAM's mask decoder, every weight of SAM
+METHODS = ("medsa", "lora", "decoder", "full")
 @dataclass
 class MedSATrainingArguments:
     """Options of `examples/train.py` (each is a `--flag`); the defaults run the offline demo.
@@ -47,8 +49,9 @@ class MedSATrainingArguments:
     dataset: str = field(
         default=EMBEDDED_DEFAULT,
         metadata={
-            "help": "mni152, btcv, brats, refuge, isic, thyroid, or a local folder in the MSD / nnU-Net v1, "
-            "nnU-Net v2 or images/ + masks/ layout (docs/data.md, 'Your own data')"
+            "help": "mni152, btcv, brats, refuge, isic, thyroid, a local folder in the MSD / nnU-Net v1, "
+            "nnU-Net v2 or images/ + masks/ layout, a Hub data set id user/name, or a parquet export, parquet file "
+            "or save_to_disk folder (docs/data.md, 'Your own data')"
         },
     )
     dataset_config: str | None = field(
@@ -56,7 +59,13 @@ class MedSATrainingArguments:
     )
     data_dir: str | None = field(default=None, metadata={"help": "manual download of the data set"})
     cache_dir: str | None = field(default=None, metadata={"help": "where `datasets` prepares the data set"})
-    channel: int = field(default=0, metadata={"help": "folder data: the channel (nnU-Net _0000, _0001...) fed to SAM"})
+    channel: str = field(
+        default="0",
+        metadata={
+            "help": "folder data: the channel fed to SAM, by index (nnU-Net _0000, _0001...; MSD 4D images) or by "
+            "its name in dataset.json ('modality' / 'channel_names', e.g. T1Gd)"
+        },
+    )
     modality: str | None = field(
         default=None,
         metadata={"help": "intensity rule: ct, mri, fundus, dermoscopy, ultrasound or photo; default: the data's own"},
@@ -80,6 +89,26 @@ class MedSATrainingArguments:
     activation: str = field(default="gelu", metadata={"help": "activation inside the adapters"})
     init: str = field(default="zero", metadata={"help": "adapter initialisation ('zero': start as SAM)"})
     hyper_dim: int = field(default=32, metadata={"help": "width of the hyper-adapter (depth) projections"})
+    hyper_adapter: bool = field(
+        default=True, metadata={"help": "HyP-Adpt in the mask decoder (--no_hyper_adapter: without it)"}
+    )
+    method: str = field(
+        default="medsa",
+        metadata={
+            "choices": METHODS,
+            "help": "what trains: Med-SA adapters, LoRA (peft), the mask decoder alone, or every weight (full)",
+        },
+    )
+    lora_rank: int = field(default=16, metadata={"help": "--method lora: the rank r"})
+    lora_alpha: float | None = field(default=None, metadata={"help": "--method lora: alpha (scale alpha/r); None: r"})
+    lora_target_modules: str = field(
+        default=r".*vision_encoder\.layers\.\d+\.attn\.qkv",
+        metadata={"help": "--method lora: regex of the linear layers LoRA adapts (PEFT's target_modules)"},
+    )
+    lora_modules_to_save: str | None = field(
+        default=None,
+        metadata={"help": "--method lora: SAM modules trained in full beside LoRA, comma-separated (e.g. mask_decoder)"},
+    )
     output_dir: str = field(
         default="outputs/medsa-demo", metadata={"help": "where results, checkpoints and logs are written"}
     )
@@ -135,7 +164,11 @@ class MedSATrainingArguments:
     logging_steps: int = field(
         default=10, metadata={"help": "read and log the loss, and check it is finite, every N optimiser steps"}
     )
-    seed: int = field(default=0, metadata={"help": "seed of torch, numpy, Python and the evaluation prompts"})
+    seed: int = field(default=0, metadata={"help": "training seed: torch, numpy and Python (samples, prompts, init)"})
+    eval_seed: int = field(
+        default=0,
+        metadata={"help": "seed of the evaluation prompts and the held-out split: the same for every --seed"},
+    )
     def __post_init__(self) -> None:
         if self.volume_depth < 1:
             raise ValueError(f"--volume_depth must be at least 1, got {self.volume_depth}")
@@ -162,15 +195,28 @@ class MedSATrainingArguments:
             raise ValueError(f"--num_workers must be at least 0, got {self.num_workers}")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id user/name")
-        if self.channel < 0:
-            raise ValueError(f"--channel must be at least 0, got {self.channel}")
+        if self.channel.strip().startswith("-"):
+            raise ValueError(f"--channel must be an index of at least 0 or a channel name, got {self.channel}")
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"--validation_fraction must lie between 0 and 1, got {self.validation_fraction}")
+        # imported here, not at the top, so that `--help` builds the parser without torch or `datasets`
+        from datasets_scripts.folder import canonical_modality, parse_classes
+
+        from ..data.prompts import PromptSpec
+
         if self.classes is not None:
             parse_classes(self.classes)  # fail early on bad JSON
         if self.modality is not None:
             canonical_modality(self.modality)
         PromptSpec.parse(self.prompt)  # fail early on a bad prompt
+        if self.method not in METHODS:
+            raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method != "medsa" and self.volume_depth > 1:
+            raise ValueError(f"--volume_depth above 1 needs --method medsa (SD-Trans is Med-SA's), got {self.method}")
+        if self.lora_rank < 1:
+            raise ValueError(f"--lora_rank must be at least 1, got {self.lora_rank}")
+        if self.resume_from_checkpoint is not None:  # last: it reads the checkpoint
+            _check_resume(self)
 
     def training_steps(self, steps_per_epoch: int) -> int:
         """Optimiser steps of the run: --max_steps, else --num_train_epochs of `steps_per_epoch`, else the default."""
@@ -181,6 +227,8 @@ class MedSATrainingArguments:
         return DEFAULT_MAX_STEPS
 
     def medsa_config(self) -> MedSAConfig:
+        from ..tuner.config import MedSAConfig  # peft: imported when a run starts, not for `--help`
+
         depth = self.volume_depth > 1
         if self.official:
             return MedSAConfig.official(depth_adapter=depth, bottleneck_ratio=self.bottleneck_ratio)
@@ -191,6 +239,7 @@ class MedSATrainingArguments:
             activation=self.activation,
             init=self.init,
             hyper_dim=self.hyper_dim,
+            hyper_adapter=self.hyper_adapter,
         )
 
     def resolved_dataset_config(self) -> str | None:
@@ -216,6 +265,24 @@ def _check_model_source(source: str) -> None:
         raise ValueError(f"{option} {source}: the folder does not exist (nor is it a Hub id)") from None
     if path.exists() or source.startswith((".", "/", "~")):
         raise ValueError(f"{option} {source}: the folder does not exist (nor is it a Hub id)")
+
+
+def _check_resume(args: MedSATrainingArguments) -> None:
+    """Refuse, before the run, a checkpoint to resume that is missing or incomplete, or that trained other weights
+    than `args` would (another method or adapter options)."""
+    from .checkpoints import resolve_checkpoint, resume_conflicts, trainer_state  # torch: not for `--help`
+
+    option = f"{_option('resume_from_checkpoint')} {args.resume_from_checkpoint}"
+    try:
+        checkpoint = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
+        conflicts = resume_conflicts(trainer_state(checkpoint), args)
+    except (FileNotFoundError, ValueError) as error:
+        raise ValueError(f"{option}: {error}") from None
+    if conflicts:
+        raise ValueError(
+            f"{option}: {checkpoint} was trained with other adapter options: {'; '.join(conflicts)}. "
+            "Resume with the options it was started with, or train in another --output_dir"
+        )
 
 
 def _option(name: str) -> str:

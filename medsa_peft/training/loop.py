@@ -9,27 +9,46 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import datasets
+import huggingface_hub
 import torch
+import transformers
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, DistributedType, set_seed
 from huggingface_hub import CommitOperationAdd, HfApi
-from peft import get_peft_model
 from tqdm.auto import tqdm
 from transformers import SamModel, get_scheduler
 
 from ..data import PromptSpec, SamFrame, SamTrainingSamples, collate_sam, sam_pixel_values
 from ..data.builders import prepare_dataset
+from ..data.samples import EpochSampler
 from ..evaluation.scoring import evaluate_model
 from ..files import write_json, write_png
 from ..tiny_sam import default_model_path
 from ..tuner.fast_paths import compile_sam_layers, use_fused_attention
 from .arguments import MedSATrainingArguments
-from .checkpoints import keep_trainable_weights, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoints import (
+    adapter_settings,
+    keep_trainable_weights,
+    load_checkpoint,
+    remove_unfinished_saves,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from .losses import DiceBCELoss
+from .methods import (
+    count_trainable,
+    method_config,
+    save_trained_model,
+    saved_model_folder,
+    trainable_model,
+    trains_unused_parameters,
+)
 from .model_card import build_model_card, hub_model_id, metrics_table
 
 __all__ = [
@@ -53,6 +72,15 @@ def _trackers(report_to: str) -> list[str]:
     return [] if report_to == "none" else [report_to]
 
 
+def _bars_only_on_a_terminal() -> None:
+    """Without a terminal (output going to a log file), turn off the progress bars of datasets, transformers and
+    huggingface_hub, whose carriage returns would fill the file; `train` logs progress lines there instead."""
+    if not sys.stderr.isatty():
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+        huggingface_hub.utils.disable_progress_bars()
+
+
 def default_num_workers(local_processes: int = 1) -> int:
     """DataLoader workers per training process: the CPU cores this process may run on, shared by the
     `local_processes` training processes of the machine, less one for the process itself, at most 8."""
@@ -61,16 +89,17 @@ def default_num_workers(local_processes: int = 1) -> int:
 
 
 def train_loader(
-    samples: torch.utils.data.Dataset, batch_size: int, num_workers: int, pin_memory: bool
+    samples: torch.utils.data.Dataset, batch_size: int, num_workers: int, pin_memory: bool, seed: int = 0
 ) -> torch.utils.data.DataLoader:
-    """The training DataLoader: shuffled `collate_sam` batches; with workers, kept alive across epochs and
-    `PREFETCH_BATCHES` batches ahead each, so loading overlaps the model step; pinned memory for an accelerator
-    (copies to it can then run asynchronously)."""
+    """The training DataLoader: `collate_sam` batches of the `EpochSampler` keys (every sample once per epoch, in
+    an order drawn from `seed` and the epoch); with workers, kept alive across epochs and `PREFETCH_BATCHES`
+    batches ahead each, so loading overlaps the model step; pinned memory for an accelerator (copies to it can
+    then run asynchronously)."""
     workers = {"persistent_workers": True, "prefetch_factor": PREFETCH_BATCHES} if num_workers else {}
     return torch.utils.data.DataLoader(
         samples,
         batch_size=batch_size,
-        shuffle=True,
+        sampler=EpochSampler(len(samples), seed),
         collate_fn=collate_sam,
         num_workers=num_workers,
         pin_memory=pin_memory,
@@ -169,11 +198,13 @@ def _log_run_summary(
 
 def train(args: MedSATrainingArguments) -> dict:
     """Train a Med-SA adapter as `args` says; returns the metrics written to `output_dir/metrics.json`."""
+    _bars_only_on_a_terminal()
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=_trackers(args.report_to) or None,
         project_dir=args.output_dir,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
+        dataloader_config=DataLoaderConfiguration(non_blocking=True),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=trains_unused_parameters(args))],
     )
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
@@ -188,7 +219,7 @@ def train(args: MedSATrainingArguments) -> dict:
             modality=args.modality,
             classes=args.classes,
             validation_fraction=args.validation_fraction,
-            seed=args.seed,
+            seed=args.eval_seed,
         )
     classes = list(data.classes)
     prompt = PromptSpec.parse(args.prompt)
@@ -196,13 +227,13 @@ def train(args: MedSATrainingArguments) -> dict:
     model_source = args.model_name_or_path or str(default_model_path())
     sam = SamModel.from_pretrained(model_source)
     frame = SamFrame.from_config(sam.config)
-    medsa_config = args.medsa_config()
-    model = get_peft_model(sam, medsa_config)
-    if accelerator.is_main_process:
-        model.print_trainable_parameters()
+    adapter = adapter_settings(method_config(args))  # before get_peft_model fills in PEFT's bookkeeping
+    model = trainable_model(sam, args)
+    trainable = count_trainable(model)
+    logger.info(f"{args.method}: {trainable:,} of {sum(p.numel() for p in model.parameters()):,} parameters train")
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    if args.fused_attention:
+    if args.fused_attention and args.method == "medsa":  # it lives in Med-SA's encoder layers
         use_fused_attention(model)
     if args.compile:
         compile_sam_layers(model)
@@ -211,10 +242,17 @@ def train(args: MedSATrainingArguments) -> dict:
     num_workers = default_num_workers(local_processes) if args.num_workers is None else args.num_workers
     with accelerator.main_process_first():  # the main process prepares the sample store, the others read it
         samples = SamTrainingSamples(
-            data.train, data.classes, data.modality, frame, prompt, args.volume_depth, num_proc=num_workers + 1
+            data.train,
+            data.classes,
+            data.modality,
+            frame,
+            prompt,
+            args.volume_depth,
+            num_proc=num_workers + 1,
+            seed=args.seed,
         )
     batch_size = args.per_device_train_batch_size
-    loader = train_loader(samples, batch_size, num_workers, pin_memory=accelerator.device.type != "cpu")
+    loader = train_loader(samples, batch_size, num_workers, accelerator.device.type != "cpu", seed=args.seed)
     # Each process takes every num_processes-th batch (Accelerate evens the last round out); Accelerate also
     # steps at the end of the loader, so a last partial accumulation counts as a step.
     steps_per_epoch = math.ceil(
@@ -250,28 +288,35 @@ def train(args: MedSATrainingArguments) -> dict:
             depth=depth,
             batch_size=args.per_device_eval_batch_size,
             max_cases=args.max_eval_cases,
-            seed=args.seed,
+            seed=args.eval_seed,
             progress=accelerator.is_main_process,
+            axial_pictures=data.axial_pictures,
         )
         logger.info(_summary_line(f"{tag} ({data.evaluation_split})", evaluation.summary, classes))
         return evaluation
 
+    accelerator.init_trackers("medsa", config={k: v for k, v in asdict(args).items() if v is not None})
+    if accelerator.is_main_process:
+        remove_unfinished_saves(output_dir)
     step, before = 0, None
-    resume = args.resume_from_checkpoint
-    checkpoint = latest_checkpoint(output_dir) if resume == "latest" else resume
-    if resume and checkpoint is None:
-        raise FileNotFoundError(
-            f"--resume_from_checkpoint latest: no complete checkpoint under {output_dir / 'checkpoints'}"
-        )
-    if checkpoint is not None:
+    if args.resume_from_checkpoint:  # MedSATrainingArguments checked the checkpoint and its adapter settings
+        checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
         state = load_checkpoint(accelerator, checkpoint)
         step, before = state["step"], state["metrics_before"]
         logger.info(f"resumed from {checkpoint} at step {step}")
+        if state.get("seed", args.seed) != args.seed:
+            logger.warning(
+                f"{checkpoint} was trained with --seed {state['seed']}, this run has --seed {args.seed}: from here "
+                "on the batches and prompts differ from those of the run it continues"
+            )
     else:
         before = evaluate("step 0").summary
+        accelerator.log({f"eval/{k}": v for k, v in before.items()}, step=0)
 
-    accelerator.init_trackers("medsa", config={k: v for k, v in asdict(args).items() if v is not None})
-    progress = tqdm(total=max_steps, initial=step, desc="training", disable=not accelerator.is_main_process)
+    # a bar on a terminal; in a log file (no terminal) a line at every logging step instead
+    progress = tqdm(
+        total=max_steps, initial=step, desc="training", disable=None if accelerator.is_main_process else True
+    )
     losses = LossMonitor(accelerator.device)
     model.train()
     while step < max_steps:
@@ -297,13 +342,17 @@ def train(args: MedSATrainingArguments) -> dict:
             saving = args.checkpointing_steps and step % args.checkpointing_steps == 0
             if step % args.logging_steps == 0 or evaluating or saving or step >= max_steps:
                 losses.check(accelerator, step)  # before anything is written from these weights
-                mean_loss = losses.mean()
+                mean_loss, learning_rate = losses.mean(), scheduler.get_last_lr()[0]
                 progress.set_postfix(loss=f"{mean_loss:.4f}")
-                accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step=step)
+                if progress.disable:
+                    logger.info(f"step {step}/{max_steps}: loss {mean_loss:.4f}, learning rate {learning_rate:.3g}")
+                accelerator.log({"train/loss": mean_loss, "train/lr": learning_rate}, step=step)
             if evaluating:
                 accelerator.log({f"eval/{k}": v for k, v in evaluate(f"step {step}").summary.items()}, step=step)
             if saving:
-                save_checkpoint(accelerator, output_dir, {"step": step, "metrics_before": before})
+                # the step gives the epoch and the batches used in it; with the seed, the samples that come next
+                state = {"step": step, "epoch": step // steps_per_epoch, "seed": args.seed, "method": args.method}
+                save_checkpoint(accelerator, output_dir, {**state, "adapter": adapter, "metrics_before": before})
             if step >= max_steps:
                 break
     progress.close()
@@ -316,6 +365,8 @@ def train(args: MedSATrainingArguments) -> dict:
         after = evaluation.summary
         accelerator.log({f"eval/{k}": v for k, v in after.items()}, step=step)
         metrics = {
+            "method": args.method,
+            "trainable_parameters": trainable,
             "dataset": data.name,
             "dataset_config": data.config_name,
             "evaluation_split": data.evaluation_split,
@@ -328,11 +379,8 @@ def train(args: MedSATrainingArguments) -> dict:
         write_json(metrics, output_dir / "metrics.json")
         if evaluation.overlay is not None:
             write_png(evaluation.overlay, output_dir / "overlay.png")
-        adapter_dir = output_dir / "adapter"
-        unwrapped = accelerator.unwrap_model(model)
-        # A Hub id, or "" for a local base: PEFT would write the folder's path on this machine in its place.
-        unwrapped.active_peft_config.base_model_name_or_path = hub_model_id(model_source) or ""
-        unwrapped.save_pretrained(adapter_dir, state_dict=state_dict)
+        adapter_dir = output_dir / saved_model_folder(args.method)
+        save_trained_model(accelerator.unwrap_model(model), adapter_dir, state_dict, hub_model_id(model_source))
         card = build_model_card(
             hub_model_id(model_source),
             data.name,
@@ -340,11 +388,12 @@ def train(args: MedSATrainingArguments) -> dict:
             data.evaluation_split,
             str(prompt),
             args.volume_depth,
-            medsa_config,
+            method_config(args),
             before,
             after,
             classes,
             step,
+            method=args.method,
         )
         card.save(adapter_dir / "README.md")
         logger.info(metrics_table(before, after, classes))

@@ -1,4 +1,4 @@
-"""The model card (README.md) of a trained Med-SA adapter: data set, prompts, configuration, metrics."""
+"""The model card (README.md) of what a run trained (an adapter, or SAM fine-tuned): data set, prompts, metrics."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import os
 from collections.abc import Mapping
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-from ..tuner.config import MedSAConfig
+from peft import PeftConfig
 
 __all__ = [
     "build_model_card",
@@ -18,6 +17,24 @@ __all__ = [
 ]
 
 CARD_METRICS = ("dice", "iou", "hd95")
+# per training method (medsa_peft.training.methods): the card's title and what trained, on top of {base}
+METHOD_TEXTS = {
+    "medsa": (
+        "Med-SA adapter for SAM",
+        "A [Medical SAM Adapter](https://arxiv.org/abs/2304.12620) (Med-SA) trained with `medsa_peft` on top of\n"
+        "{base}: SAM stays frozen, the adapters train.",
+    ),
+    "lora": (
+        "LoRA adapter for SAM",
+        "A LoRA adapter (PEFT) trained with `medsa_peft` on top of {base}: SAM stays frozen, low-rank updates of\n"
+        "its layers train.",
+    ),
+    "decoder": (
+        "SAM with a fine-tuned mask decoder",
+        "The mask decoder of {base} fine-tuned with `medsa_peft`; the image and prompt encoders are unchanged.",
+    ),
+    "full": ("Fine-tuned SAM", "Every weight of {base} fine-tuned with `medsa_peft`."),
+}
 
 
 def hub_model_id(source: str) -> str | None:
@@ -52,15 +69,17 @@ def build_model_card(
     evaluation_split: str,
     prompt: str,
     volume_depth: int,
-    config: MedSAConfig,
+    config: PeftConfig | None,
     before: Mapping[str, float],
     after: Mapping[str, float],
     classes: list[str],
     steps: int,
+    method: str = "medsa",
 ) -> ModelCard:
-    """A model card for a Med-SA adapter trained with `medsa_peft`, with the Hub's metadata: `base_model` (a Hub id,
-    left out for a local base), the metrics and a model-index of the evaluation results after training."""
-    name = f"medsa-{dataset}-{dataset_config}"
+    """A model card for what `medsa_peft` trained by `method` (an adapter of PEFT `config`, or a whole SamModel for
+    `config=None`), with the Hub's metadata: `base_model` (a Hub id, left out for a local base), the metrics and a
+    model-index of the evaluation results after training."""
+    name = f"{method}-{dataset.rsplit('/', 1)[-1]}-{dataset_config}"  # a Hub data set id's own name, no "/"
     results = [
         EvalResult(
             task_type="image-segmentation",
@@ -77,29 +96,47 @@ def build_model_card(
     ]
     data = ModelCardData(
         model_name=name,
-        library_name="peft",
+        library_name="transformers" if config is None else "peft",
         license="apache-2.0",
         base_model=base_model,
+        datasets=[dataset] if "/" in dataset else None,  # only a Hub data set id names a data set on the Hub
         metrics=list(CARD_METRICS),
-        tags=["medsa", "medical-sam-adapter", "medical-image-segmentation", "segment-anything", "peft"],
+        tags=[
+            *(["medsa", "medical-sam-adapter"] if method == "medsa" else []),
+            "medical-image-segmentation",
+            "segment-anything",
+            *([] if config is None else ["peft"]),
+        ],
         pipeline_tag="mask-generation",
         eval_results=results or None,
     )
     base_name = f"`{base_model}`" if base_model else "a local SAM"
     load_base = base_model or "<the SAM it was trained on>"
-    settings = {
-        key: value
-        for key, value in config.to_dict().items()
-        if key not in ("auto_mapping", "revision", "base_model_name_or_path")
-    }
+    title, summary = METHOD_TEXTS[method]
+    if config is None:
+        use = 'from transformers import SamModel\n\nmodel = SamModel.from_pretrained("<this repo or folder>")'
+        configuration = ""
+    else:
+        use = (
+            "from peft import PeftModel\nfrom transformers import SamModel\n\nmodel = PeftModel.from_pretrained("
+            f'SamModel.from_pretrained("{load_base}"), "<this repo or folder>")'
+        )
+        if method == "medsa":
+            use = "import medsa_peft  # registers the MEDSA PEFT type: import it before loading\n" + use
+        settings = {
+            key: value
+            for key, value in config.to_dict().items()
+            if key not in ("auto_mapping", "revision", "base_model_name_or_path")
+        }
+        settings_json = json.dumps(settings, indent=2, sort_keys=True, default=str)
+        configuration = f"## Configuration\n\n```json\n{settings_json}\n```"
     body = f"""---
 {data.to_yaml()}
 ---
 
-# Med-SA adapter for SAM ({dataset}, {dataset_config})
+# {title} ({dataset}, {dataset_config})
 
-A [Medical SAM Adapter](https://arxiv.org/abs/2304.12620) (Med-SA) trained with `medsa_peft` on top of
-{base_name}: SAM stays frozen, the adapters train.
+{summary.format(base=base_name)}
 
 - **Data set:** `{dataset}` (config `{dataset_config}`), evaluated on its `{evaluation_split}` split
 - **Prompts:** `{prompt}` (training and evaluation), one per slice
@@ -113,17 +150,9 @@ A [Medical SAM Adapter](https://arxiv.org/abs/2304.12620) (Med-SA) trained with 
 ## Use
 
 ```python
-import medsa_peft  # registers the MEDSA PEFT type: import it before loading
-from peft import PeftModel
-from transformers import SamModel
-
-model = PeftModel.from_pretrained(SamModel.from_pretrained("{load_base}"), "<this repo or folder>")
+{use}
 ```
 
-## Configuration
-
-```json
-{json.dumps(settings, indent=2, sort_keys=True, default=str)}
-```
+{configuration}
 """
     return ModelCard(body)
