@@ -2,10 +2,13 @@
 
 SAM sees a square `image_size` x `image_size` (S x S) frame: the slice is resized so that its long side
 is S (bilinear, anti-aliased when it shrinks: the triangle filter of PIL and of SAM's own image processor),
-normalised with SAM's pixel mean and std, and zero padded at the bottom and right. Training samples shrink
-8-bit pictures as 8-bit values, before scaling them (`medsa_peft.data.store`); everything else is resized in
-float32. Its masks come out at the mask-decoder resolution s = 4 * (S / patch_size) and are mapped back to the
-original pixel grid by `sam_logits_to_original`, as SAM's own post-processing does.
+normalised with SAM's pixel mean and std, and zero padded at the bottom and right. 8-bit pictures are shrunk as
+8-bit values, before scaling them (training samples in `medsa_peft.data.store`, `frame_images` given uint8), as
+transformers' SamImageProcessor does; everything else is resized in float32. Its masks come out at the
+mask-decoder resolution s = 4 * (S / patch_size) and are mapped back to the original pixel grid by
+`sam_logits_to_original`, SamImageProcessor's own post-processing.
+
+SamProcessor prepares the same inputs (`docs/inference.md`); tests/test_processor.py pins where the two agree.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import ScaleIntensityRange
 from monai.utils import convert_to_numpy
-from transformers import SamConfig
+from transformers import SamConfig, SamImageProcessorPil
+
+from ..constants import MODALITIES, PHOTO_MODALITIES
 
 __all__ = [
     "SamFrame",
@@ -40,8 +45,6 @@ SAM_PIXEL_MEAN = (0.485, 0.456, 0.406)
 SAM_PIXEL_STD = (0.229, 0.224, 0.225)
 CT_WINDOW_HU = (-175.0, 250.0)
 MRI_PERCENTILES = (0.5, 99.5)
-PHOTO_MODALITIES = ("fundus", "dermoscopy", "ultrasound", "photo")  # 8-bit pictures: value / 255
-MODALITIES = ("ct", "mri", *PHOTO_MODALITIES)
 
 
 @dataclass(frozen=True)
@@ -178,20 +181,25 @@ def sam_pixel_values(
 
 
 def frame_images(images: np.ndarray | torch.Tensor, image_size: int) -> torch.Tensor:
-    """Slices in [0, 1] -> SAM pixel values (N, 3, S, S) float32.
+    """Slices -> SAM pixel values (N, 3, S, S) float32.
 
-    `images` is (N, H, W) grey (replicated to 3 channels) or (N, H, W, 3) colour. The padded border is 0 (the mean
+    `images` is (N, H, W) grey (replicated to 3 channels) or (N, H, W, 3) colour: float in [0, 1], or uint8 8-bit
+    values, which are resized as 8 bits and then scaled by 1 / 255 (as the training store and SamImageProcessor
+    resize pictures; several times faster than float32 on large pictures). The padded border is 0 (the mean
     colour), as SAM's own processor leaves it.
     """
-    images = torch.as_tensor(images, dtype=torch.float32)
+    images = torch.as_tensor(images)
+    if images.dtype != torch.uint8:
+        images = images.float()
     if images.ndim == 3:
         images = images.unsqueeze(1)
     elif images.ndim == 4 and images.shape[-1] == 3:
         images = images.permute(0, 3, 1, 2)
     else:
         raise ValueError(f"expected slices (N, H, W) or (N, H, W, 3), got shape {tuple(images.shape)}")
+    resized = resize_long_side(images, image_size)
     out = torch.zeros(images.shape[0], 3, image_size, image_size)
-    _normalise_into(out, resize_long_side(images, image_size))
+    _normalise_into(out, resized.float() / 255.0 if resized.dtype == torch.uint8 else resized)
     return out
 
 
@@ -260,13 +268,24 @@ def frame_coordinates(coordinates: np.ndarray, original_size: tuple[int, int], i
 def sam_logits_to_original(
     logits: torch.Tensor, original_size: tuple[int, int], image_size: int
 ) -> torch.Tensor:
-    """Mask logits (N, s, s) from SAM -> (N, H, W) logits on the original pixel grid.
+    """Mask logits (N, s, s) from SAM -> (N, H, W) float32 logits on the original pixel grid.
 
-    Bilinear upsampling to S x S, crop of the unpadded region, bilinear resize to H x W.
+    SamImageProcessor's `post_process_masks` without binarising: bilinear upsampling to S x S, crop of the unpadded
+    region, bilinear resize to H x W. The N masks of one size go through it as the channels of one image.
     """
     if logits.ndim != 3:
         raise ValueError(f"expected logits (N, s, s), got shape {tuple(logits.shape)}")
-    new_height, new_width = resized_shape(original_size, image_size)
-    upsampled = F.interpolate(logits[:, None].float(), (image_size, image_size), mode="bilinear", align_corners=False)
-    cropped = upsampled[..., :new_height, :new_width]
-    return F.interpolate(cropped, tuple(original_size), mode="bilinear", align_corners=False)[:, 0]
+    (upsampled,) = _post_processor().post_process_masks(
+        [logits[None].float()],
+        [tuple(original_size)],
+        [resized_shape(original_size, image_size)],
+        binarize=False,
+        pad_size={"height": image_size, "width": image_size},
+    )
+    return upsampled[0]
+
+
+@functools.cache
+def _post_processor() -> SamImageProcessorPil:
+    """The SamImageProcessor whose `post_process_masks` maps logits back (every size comes with the call)."""
+    return SamImageProcessorPil()
