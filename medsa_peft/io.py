@@ -37,6 +37,7 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation
 from PIL import Image, ImageMode
 from pydicom.errors import InvalidDicomError
 
+from .constants import DEFAULT_MAX_IMAGE_BYTES
 from .files import atomic_path, write_png
 
 __all__ = [
@@ -53,8 +54,6 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
 GREY_PICTURE_MODES = ("1", "L", "I", "I;16", "F")
-# The most bytes an image may take once decoded; its header says how many before anything is allocated.
-DEFAULT_MAX_IMAGE_BYTES = 4 * 1024**3
 # DICOM Modality (0008,0060) values that name an intensity normalisation of the data layer.
 _DICOM_MODALITIES = {"CT": "ct", "MR": "mri"}
 # LPS (DICOM, ITK) to RAS (NIfTI, nibabel) world coordinates.
@@ -564,38 +563,66 @@ def write_mask(mask: np.ndarray, reference: MedicalImage, path: str | os.PathLik
 
 
 class Reorientation:
-    """Between a volume's voxel order in its file and the closest canonical (RAS+) order, nibabel's
-    `io_orientation`: arrays both ways, and pixel indices and pixel-edge intervals along each file axis. The one
-    reorientation of the package: the data layer and the predictor both use it."""
+    """Between a volume's voxel order in its file and the order the model segments it in, the one reorientation of
+    the package: the data layer and the predictor both use it.
+
+    The model's order is the closest canonical (RAS+) order (nibabel's `io_orientation`), axial slices along its
+    axis 2, except for a single non-axial slice: a volume with one voxel along a file axis and more than one along
+    the canonical axial axis (a sagittal or coronal DICOM file, a (1, H, W) or (H, 1, W) NIfTI). No axial slice of
+    it holds more than a strip of pixels, so the model sees that slice as stored, a 2D picture: its rows and
+    columns are the file's two other axes in their stored order and direction. A volume with one voxel along the
+    axial axis is an axial slice and keeps the canonical order, like the same slice in its series.
+
+    Prompts address the volume as a stack of slices (rows, columns, slices): file axes `slice_axes`, (0, 1, 2)
+    except for a single non-axial slice, whose slice axis is its one-voxel axis (the last one when there are two).
+    `index`, `interval` and `edges` take axes of that stack; `canonical_order` takes file axes. "Canonical" in
+    the names below means the model's order.
+    """
 
     def __init__(self, affine: np.ndarray | None, shape: tuple[int, int, int]):
-        self.shape = shape
-        self.ornt = _IDENTITY_ORIENTATION if affine is None else io_orientation(affine)
+        self.shape = tuple(int(size) for size in shape)
+        ornt = _IDENTITY_ORIENTATION if affine is None else io_orientation(affine)
+        thin = [axis for axis in range(3) if self.shape[axis] == 1]
+        # an undetermined axis (a degenerate affine: NaN row) is not axial
+        self.single_slice = bool(thin) and not any(ornt[axis, 0] == 2 for axis in thin)
+        self.slice_axes: tuple[int, int, int] = (0, 1, 2)
+        if self.single_slice:
+            self.slice_axes = (*(axis for axis in range(3) if axis != thin[-1]), thin[-1])
+            ornt = np.array([[self.slice_axes.index(axis), 1] for axis in range(3)])
+        self.ornt = ornt
 
     def to_canonical(self, array: np.ndarray) -> np.ndarray:
+        """A (I, J, K, ...) array in the file's voxel order -> the model's order."""
         return apply_orientation(array, self.ornt)
 
     def to_file(self, array: np.ndarray) -> np.ndarray:
+        """An array in the model's order -> the file's voxel order."""
         return apply_orientation(array, ornt_transform(axcodes2ornt("RAS"), self.ornt))
 
+    @property
+    def slice_shape(self) -> tuple[int, int, int]:
+        """(rows, columns, slices) of the volume as a stack of slices."""
+        return tuple(self.shape[axis] for axis in self.slice_axes)
+
     def index(self, axis: int, value: float) -> tuple[int, float]:
-        """(canonical axis, coordinate) of a pixel index along file `axis`."""
-        target, direction = self.ornt[axis]
-        return int(target), value if direction > 0 else self.shape[axis] - 1 - value
+        """(canonical axis, coordinate) of a pixel index along `axis` of the slice stack."""
+        target, direction = self.ornt[self.slice_axes[axis]]
+        return int(target), value if direction > 0 else self.slice_shape[axis] - 1 - value
 
     def interval(self, axis: int, low: float, high: float) -> tuple[int, float, float]:
-        """(canonical axis, low, high) of the pixel-edge interval [low, high) along file `axis`."""
-        target, direction = self.ornt[axis]
-        size = self.shape[axis]
+        """(canonical axis, low, high) of the pixel-edge interval [low, high) along `axis` of the slice stack."""
+        target, direction = self.ornt[self.slice_axes[axis]]
+        size = self.slice_shape[axis]
         return (int(target), low, high) if direction > 0 else (int(target), size - high, size - low)
 
     @property
     def keeps_slice_axis(self) -> bool:
-        return int(self.ornt[2, 0]) == 2
+        """Whether each slice of the stack is a slice (along axis 2) of the model's order."""
+        return int(self.ornt[self.slice_axes[2], 0]) == 2
 
-    def edges(self, file_edges: Sequence[tuple[float, float]]) -> dict[int, tuple[float, float]]:
-        """Canonical axis -> (low, high) of pixel-edge intervals given along file axes 0, 1, ..."""
-        mapped = (self.interval(axis, low, high) for axis, (low, high) in enumerate(file_edges))
+    def edges(self, stack_edges: Sequence[tuple[float, float]]) -> dict[int, tuple[float, float]]:
+        """Canonical axis -> (low, high) of pixel-edge intervals given along slice-stack axes 0, 1, ..."""
+        mapped = (self.interval(axis, low, high) for axis, (low, high) in enumerate(stack_edges))
         return {target: (low, high) for target, low, high in mapped}
 
     def canonical_order(self, values: Sequence[float]) -> tuple[float, ...]:

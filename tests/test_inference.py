@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import IA3Config, get_peft_model
 from PIL import Image
 from test_io import hounsfield_volume, write_dicom_series
 from transformers import SamModel
@@ -219,6 +219,40 @@ def test_a_3d_box_follows_a_volume_stored_in_sagittal_slices(sam, tmp_path):
     assert_box_follows_the_file(predictor, canonical_path, file_path, box, to_file_order)
 
 
+@pytest.mark.parametrize("thin_axis", [0, 1], ids=["sagittal (1, H, W)", "coronal (H, 1, W)"])
+def test_a_single_non_axial_slice_is_segmented_as_the_picture_it_stores(sam, tmp_path, thin_axis):
+    """A NIfTI of one sagittal or coronal slice is the 2D picture of its two other axes: its mask is the one the same
+    picture saved as PNG gets, for prompts in that picture's pixels, in the NIfTI's own shape and geometry."""
+    picture = np.random.default_rng(0).integers(0, 256, (20, 30), dtype=np.uint8)
+    Image.fromarray(picture).save(tmp_path / "slice.png")
+    affine = np.array([[0.8, 0, 0, 10.0], [0, 0.9, 0, -4.0], [0, 0, 2.5, 7.0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(np.expand_dims(picture, thin_axis), affine), tmp_path / "slice.nii.gz")
+    predictor = MedSAPredictor(medsa_model(sam, depth_adapter=False), progress=False)
+
+    prompts = [
+        SlicePrompt(box=(3, 2, 25, 14), points=[(20, 5)], labels=[0]),
+        SlicePrompt(points=[(7, 15), (29, 19)], labels=[1, 0]),  # x up to 29 and y up to 19: the picture's pixels
+        Box3D(3, 2, 0, 25, 14, 1),
+        [SlicePrompt(box=(10, 0, 30, 20))],
+    ]
+    for prompt in prompts:
+        expected = predictor.predict_file(tmp_path / "slice.png", prompt, modality="photo")
+        prediction = predictor.predict_file(tmp_path / "slice.nii.gz", prompt, modality="photo")
+        assert expected.mask.any()
+        np.testing.assert_array_equal(prediction.mask, np.expand_dims(expected.mask, thin_axis))
+        np.testing.assert_array_equal(prediction.overlay(), expected.overlay())  # shown as stored
+
+    prediction.save(tmp_path / "mask.nii.gz")
+    written = nib.load(tmp_path / "mask.nii.gz")
+    assert written.shape == np.expand_dims(picture, thin_axis).shape
+    np.testing.assert_allclose(written.affine, affine)
+    assert written.header.get_zooms() == pytest.approx((0.8, 0.9, 2.5))
+    with pytest.raises(PromptError, match=r"point \(19, 29\) lies outside the 30 x 20 \(x, y\) slice"):
+        predictor.predict_file(tmp_path / "slice.nii.gz", SlicePrompt(points=[(19, 29)]), modality="photo")
+    with pytest.raises(PromptError, match=r"lies outside the 30 x 20 x 1 \(x, y, z\) volume"):
+        predictor.predict_file(tmp_path / "slice.nii.gz", Box3D(3, 2, 0, 25, 14, 2), modality="photo")
+
+
 def test_bad_input_fails_with_a_clear_error(sam, tmp_path):
     sam_dir, adapter_dir = saved_model(sam, tmp_path, depth_adapter=True)
     predictor = MedSAPredictor.from_pretrained(adapter_dir, sam_dir, progress=False)
@@ -251,10 +285,10 @@ def test_bad_input_fails_with_a_clear_error(sam, tmp_path):
     (adapter_dir / "adapter_model.safetensors").unlink()
     with pytest.raises(AdapterNotFoundError, match="missing adapter_model.safetensors"):
         MedSAPredictor.from_pretrained(adapter_dir, sam_dir)
-    lora = get_peft_model(SamModel.from_pretrained(sam_dir), LoraConfig(target_modules=["qkv"]))
-    lora.save_pretrained(tmp_path / "lora")
-    with pytest.raises(ValueError, match="a LORA adapter, not a Med-SA"):
-        MedSAPredictor.from_pretrained(tmp_path / "lora", sam_dir)
+    ia3 = get_peft_model(SamModel.from_pretrained(sam_dir), IA3Config(target_modules=["qkv"], feedforward_modules=[]))
+    ia3.save_pretrained(tmp_path / "ia3")
+    with pytest.raises(ValueError, match="a IA3 adapter; the predictor serves MEDSA or LORA adapters"):
+        MedSAPredictor.from_pretrained(tmp_path / "ia3", sam_dir)
 
 
 def test_bfloat16_and_compile_switches(sam, tmp_path, monkeypatch):

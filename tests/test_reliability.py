@@ -36,7 +36,8 @@ from datasets_scripts._common import CorruptDataError, MissingDataError
 from datasets_scripts.btcv import BTCV
 from datasets_scripts.isic import ISIC
 from medsa_peft.cli import main
-from medsa_peft.inference import Box3D, MedSAPredictor, load_medsa_model
+from medsa_peft.data.preprocess import normalize_intensity
+from medsa_peft.inference import Box3D, MedSAPredictor, SlicePrompt, load_medsa_model
 from medsa_peft.io import DEFAULT_MAX_IMAGE_BYTES, ImageReadError, read_image
 
 CT_SMALL = get_testdata_file("CT_small.dcm")
@@ -334,6 +335,65 @@ def test_a_dicom_modality_without_a_rule_asks_for_one(sam, tmp_path, tag):
     assert "NIfTI" not in message
 
 
+def single_ct_slice(folder: Path, orientation=None) -> Path:
+    """CT_small.dcm alone in `folder`, its ImageOrientationPatient replaced by `orientation` when given."""
+    folder.mkdir(parents=True)
+    dataset = pydicom.dcmread(CT_SMALL)
+    if orientation is not None:
+        dataset.ImageOrientationPatient = orientation
+    dataset.save_as(folder / "slice.dcm")
+    return folder / "slice.dcm"
+
+
+def test_a_single_sagittal_dicom_slice_is_segmented_as_stored(sam, tmp_path):
+    """SAM sees the stored 128 x 128 slice, not 128 one-voxel axial strips of it: the mask equals the one the same
+    model gives the slice as a 2D array, for a prompt in the slice's own pixels, written in the file's geometry."""
+    path = single_ct_slice(tmp_path / "sagittal", orientation=[0, 1, 0, 0, 0, -1])  # rows: anterior, columns: down
+    image = read_image(path)
+    assert nib.aff2axcodes(image.affine)[2] in ("L", "R") and image.array.shape == (128, 128, 1)
+    template = pydicom.dcmread(CT_SMALL)
+    hounsfield = template.pixel_array * float(template.RescaleSlope) + float(template.RescaleIntercept)
+    np.testing.assert_array_equal(image.array[:, :, 0], hounsfield)
+    predictor = MedSAPredictor(medsa_model(sam, depth_adapter=False), progress=False)
+
+    for prompt in (SlicePrompt(box=(20, 50, 110, 100)), SlicePrompt(points=[(90, 30), (10, 120)], labels=[1, 0])):
+        expected = predictor.predict_logits(normalize_intensity(hounsfield, "ct")[None], [prompt])[0].numpy() > 0
+        prediction = predictor.predict_file(path, prompt)  # CT from the Modality tag
+        assert expected.any() and not expected.all()
+        np.testing.assert_array_equal(prediction.mask[:, :, 0], expected)
+    prediction.save(tmp_path / "mask.nii.gz")
+    written = nib.load(tmp_path / "mask.nii.gz")
+    assert written.shape == (128, 128, 1)
+    np.testing.assert_allclose(written.affine, image.affine)
+
+
+def test_a_single_axial_dicom_slice_gets_the_mask_it_gets_in_its_series(sam, tmp_path):
+    """One voxel along the axial axis is an axial slice: it keeps the canonical order, as the slices of a series."""
+    ct_series(tmp_path / "series", [0, 5, 10])
+    single = single_ct_slice(tmp_path / "single")
+    predictor = MedSAPredictor(medsa_model(sam, depth_adapter=False), progress=False)
+    in_series = predictor.predict_file(tmp_path / "series", Box3D(20, 50, 1, 110, 100, 2)).mask
+    alone = predictor.predict_file(single, SlicePrompt(box=(20, 50, 110, 100))).mask
+    assert alone.shape == (128, 128, 1) and alone.any()
+    np.testing.assert_array_equal(alone[:, :, 0], in_series[:, :, 1])
+
+
+@pytest.mark.parametrize("name", ["thin.png", "thin.nii.gz"])
+def test_a_slice_too_thin_for_sams_frame_is_refused(sam, tmp_path, name):
+    """A 1 x 300 slice (a picture, or a single (1, 1, 300) slice) is 0 x 64 pixels in the tiny SAM's 64-pixel frame."""
+    if name.endswith(".png"):
+        Image.fromarray(np.zeros((1, 300), np.uint8)).save(tmp_path / name)
+    else:
+        nib.save(nib.Nifti1Image(np.zeros((1, 1, 300), np.uint8), np.eye(4)), tmp_path / name)
+    predictor = MedSAPredictor(medsa_model(sam, depth_adapter=False), progress=False)
+    with pytest.raises(ValueError) as raised:
+        predictor.predict_file(tmp_path / name, SlicePrompt(box=(0, 0, 200, 1)), modality="photo")
+    assert str(raised.value) == (
+        f"{tmp_path / name}: its 300 x 1 (x, y) slices are too thin for SAM: resized to 64 pixels along the long "
+        "side, the short side is 0 pixels (it needs at least 3 pixel(s) here)"
+    )
+
+
 def test_damaged_adapter_weights_fail_at_load(sam, tmp_path):
     sam_dir, adapter_dir = saved_model(sam, tmp_path, depth_adapter=False)
     weights_file = adapter_dir / "adapter_model.safetensors"
@@ -495,6 +555,10 @@ def test_command_line_refusals_are_one_line(sam, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*one, "--box", "1,1,9,9", "--max-image-bytes", "lots"])
     assert "--max-image-bytes takes a positive size such as 4G or 512M, got 'lots'" in capsys.readouterr().err
+
+    Image.fromarray(np.zeros((1, 300), np.uint8)).save(tmp_path / "thin.png")
+    thin = [*common, "--input", str(tmp_path / "thin.png"), "--output", str(tmp_path / "thin_mask.png")]
+    assert "thin.png: its 300 x 1 (x, y) slices are too thin for SAM" in error([*thin, "--box", "0,0,200,1"])
 
     device = unusable_device()
     assert f"device '{device}' is not usable here (" in error([*one, "--box", "1,1,9,9", "--device", device])

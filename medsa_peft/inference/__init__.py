@@ -7,7 +7,14 @@ __all__, __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         ".cases": ["PredictionCase", "prediction_cases"],
-        ".predictor": ["AdapterNotFoundError", "MedSAPredictor", "Prediction", "load_medsa_model"],
+        ".predictor": [
+            "AdapterNotFoundError",
+            "InteractiveSession",
+            "MedSAPredictor",
+            "Prediction",
+            "SliceMasks",
+            "load_medsa_model",
+        ],
         ".prompts": ["Box3D", "Prompt", "PromptError", "SlicePrompt"],
     },
 )

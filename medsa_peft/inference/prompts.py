@@ -1,10 +1,12 @@
 """Prompts a user gives for a picture or a volume: a box and / or points per slice, or one box through a volume,
-in voxel indices of the file (`SlicePrompt`, `Box3D`), and their translation to the canonical (RAS+) slices the
-model segments (`canonical_prompts`).
+in voxel indices of the file (`SlicePrompt`, `Box3D`), and their translation to the slices the model segments
+(`canonical_prompts`; the model's order is `medsa_peft.io.Reorientation`'s).
 
-Coordinates: a slice is `array[:, :, z]`; x runs along its columns (axis 1), y along its rows (axis 0). Boxes use
-pixel edges: (x0, y0, x1, y1) covers columns x0 <= x < x1 and rows y0 <= y < y1; a point (x, y) is the pixel at
-column x, row y.
+Coordinates: a slice is `array[:, :, z]`; x runs along its columns (axis 1), y along its rows (axis 0). A single
+non-axial slice (one voxel along a file axis, more along the axial one: `Reorientation.single_slice`) is one slice,
+the 2D picture of its two other axes as stored: for a (1, H, W) volume y counts axis 1 and x axis 2, for (H, 1, W)
+y axis 0 and x axis 2, and z is 0. Boxes use pixel edges: (x0, y0, x1, y1) covers columns x0 <= x < x1 and rows
+y0 <= y < y1; a point (x, y) is the pixel at column x, row y.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ __all__ = ["Box3D", "Prompt", "PromptError", "SlicePrompt", "canonical_prompts",
 @dataclass(frozen=True)
 class Box3D:
     """A box around an object in a volume, in voxel indices of the file: x along columns (axis 1), y along rows
-    (axis 0), z along slices (axis 2); x1, y1, z1 are far edges. It becomes the box (x0, y0, x1, y1) on every
-    slice z0 <= z < z1; the other slices get no prompt and an empty mask."""
+    (axis 0), z along slices (axis 2), or the axes of a single non-axial slice (module docstring); x1, y1, z1 are
+    far edges. It becomes the box (x0, y0, x1, y1) on every slice z0 <= z < z1; the other slices get no prompt and
+    an empty mask."""
 
     x0: float
     y0: float
@@ -80,8 +83,8 @@ def _canonical_box_prompts(reorientation: Reorientation, box: Box3D) -> list[Sli
 
 
 def canonical_prompts(prompt: Prompt, reorientation: Reorientation, where: str) -> list[SlicePrompt | None]:
-    """The prompt of every canonical slice, from a prompt given in the file's voxel order (validated there)."""
-    rows, columns, slices = reorientation.shape
+    """The prompt of every canonical slice, from a prompt given on the file's slices (validated there)."""
+    rows, columns, slices = reorientation.slice_shape
     if isinstance(prompt, SlicePrompt):
         prompt.check_inside(rows, columns, where)
         if not prompt.points:  # the same box on every slice is a 3D box through the whole volume
@@ -90,7 +93,7 @@ def canonical_prompts(prompt: Prompt, reorientation: Reorientation, where: str) 
         else:
             prompt = [prompt] * slices
     if isinstance(prompt, Box3D):
-        prompt.check_inside(reorientation.shape, where)
+        prompt.check_inside(reorientation.slice_shape, where)
         return _canonical_box_prompts(reorientation, prompt)
     prompts = list(prompt)
     if len(prompts) != slices:
@@ -111,8 +114,9 @@ def canonical_prompts(prompt: Prompt, reorientation: Reorientation, where: str) 
 
 
 def prompted_file_slices(prompt: Prompt, slices: int) -> np.ndarray:
-    """bool (slices,): the file slices (axis 2) that `prompt` (validated by `canonical_prompts`) prompts; masks are
-    empty on the others, also when the file's slices are not the canonical slices the model segments."""
+    """bool (slices,): the file slices (along `Reorientation.slice_axes[2]`) that `prompt` (validated by
+    `canonical_prompts`) prompts; masks are empty on the others, also when the file's slices are not the canonical
+    slices the model segments."""
     if isinstance(prompt, SlicePrompt):
         return np.ones(slices, bool)
     if isinstance(prompt, Box3D):
