@@ -19,7 +19,16 @@ from .lazy import lazy_exports
 __version__ = "0.1.0"
 __all__, __getattr__, __dir__ = lazy_exports(
     __name__,
-    {".tuner": ["MedSAConfig", "MedSAModel", "compile_sam_layers", "register_medsa", "use_fused_attention"]},
+    {
+        ".tuner": [
+            "MedSAConfig",
+            "MedSAModel",
+            "compile_sam_layers",
+            "enable_activation_checkpointing",
+            "register_medsa",
+            "use_fused_attention",
+        ]
+    },
 )
 
 

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from test_conversion import authors_checkpoint
 from test_inference import save_nifti, saved_model
+from test_io import hounsfield_volume, write_dicom_series
 
 from medsa_peft.cli import main
 from helpers import LocalHub
@@ -88,6 +89,76 @@ def test_predict_several_inputs_into_folders_with_points(sam, tmp_path):
     assert np.asarray(Image.open(tmp_path / "masks" / "lesion_mask.png")).shape == (30, 40)
     assert np.asarray(Image.open(tmp_path / "masks" / "mole_mask.png")).shape == (25, 20)
     assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == ["lesion_overlay.png", "mole_overlay.png"]
+
+
+def test_predict_an_nnunet_folder_writes_one_mask_per_case(sam, tmp_path, capsys):
+    sam_dir, adapter_dir = saved_model(sam, tmp_path, depth_adapter=False)
+    images = tmp_path / "Dataset001_Brain" / "imagesTs"
+    images.mkdir(parents=True)
+    shapes = {"brain_001": ((20, 24, 6), ".nii.gz"), "brain_002": ((16, 18, 5), ".nii")}
+    for seed, (case, (shape, ending)) in enumerate(shapes.items()):
+        for channel in range(2):  # e.g. T1 and FLAIR
+            affine = np.diag([0.9, 0.9, 2.0 + channel, 1.0])  # the channels differ only so that the test can tell
+            save_nifti(images / f"{case}_{channel:04d}{ending}", np.random.default_rng(seed).random(shape), affine)
+    write_dicom_series(images / "ct_003", hounsfield_volume((12, 10, 4)))  # a DICOM series folder: one case
+
+    common = ["predict", "--adapter", str(adapter_dir), "--model", str(sam_dir), "--box", "1,1,8,8"]
+    out = ["--output", str(tmp_path / "masks")]
+    assert main([*common, "--input", str(images), "--modality", "mri", "--channel", "1", *out]) == 0
+
+    written = sorted(path.name for path in (tmp_path / "masks").iterdir())
+    assert written == ["brain_001.nii.gz", "brain_002.nii", "ct_003.nii.gz"]  # nnU-Net names, the inputs' endings
+    for case, (shape, ending) in shapes.items():
+        mask = nib.load(tmp_path / "masks" / f"{case}{ending}")
+        assert mask.shape == shape and mask.header.get_zooms()[2] == pytest.approx(3.0)  # channel _0001's geometry
+    assert nib.load(tmp_path / "masks" / "ct_003.nii.gz").shape == (12, 10, 4)
+    printed = capsys.readouterr()
+    assert f"{images / 'brain_001_0001.nii.gz'}: " in printed.out and "_0000" not in printed.out
+    assert "2 of the cases have 2 channel files: channel _0001 is segmented" in printed.out
+    assert "3/3" in printed.err  # the progress bar counts cases
+
+    assert main([*common, "--input", str(images), "--channel", "2", "--output", str(tmp_path / "other")]) == 1
+    assert f"{images}: case brain_001 has no channel _0002 (_0000, _0001); --channel picks" in capsys.readouterr().err
+    (images / "brain_002_0001.nii").rename(images / "brain_002_0002.nii")
+    assert main([*common, "--input", str(images), "--output", str(tmp_path / "other")]) == 1
+    assert "case brain_002 has the channel files _0000, _0002; nnU-Net numbers" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+
+
+def test_a_folder_of_pictures_keeps_their_stems_and_names_what_fails(sam, tmp_path, capsys, caplog):
+    sam_dir, adapter_dir = saved_model(sam, tmp_path, depth_adapter=False)
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    write_picture(pictures / "lesion.png")
+    write_picture(pictures / "mole.jpg", 25, 20)
+    (pictures / "notes.txt").write_text("not an image")
+    common = ["predict", "--adapter", str(adapter_dir), "--model", str(sam_dir), "--point", "5,6"]
+    out = ["--output", str(tmp_path / "masks"), "--overlay", str(tmp_path / "overlays")]
+
+    assert main([*common, "--input", str(pictures), *out]) == 0
+    assert np.asarray(Image.open(tmp_path / "masks" / "lesion.png")).shape == (30, 40)
+    assert np.asarray(Image.open(tmp_path / "masks" / "mole.png")).shape == (25, 20)  # a mask of a JPEG is a PNG
+    assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == ["lesion_overlay.png", "mole_overlay.png"]
+    assert f"{pictures}: skipped what is neither NIfTI nor a picture: notes.txt" in caplog.text
+
+    # refused before anything is written: two cases for one mask, a mask over its own input, a file as --output
+    write_picture(pictures / "lesion.jpg")
+    for output, message in (
+        (tmp_path / "new", f"inputs {pictures / 'lesion.jpg'} and {pictures / 'lesion.png'} would both write"),
+        (pictures, f"{pictures / 'lesion.png'} would replace the input {pictures / 'lesion.png'}"),
+        (tmp_path / "mask.png", "with 3 cases, --output (and --overlay) name folders, not files"),
+    ):
+        assert main([*common, "--input", str(pictures), "--output", str(output)]) == 1
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "new").exists() and not (tmp_path / "mask.png").exists()
+
+    (pictures / "lesion.jpg").unlink()
+    (pictures / "broken.png").write_bytes(b"not a PNG")
+    assert main([*common, "--input", str(pictures), "--output", str(tmp_path / "again")]) == 1
+    printed = capsys.readouterr().err
+    assert f"medsa-peft predict: case broken failed: {pictures / 'broken.png'}" in printed
+    assert "medsa-peft predict: error: 1 of 3 cases failed (broken); the masks of the others are written" in printed
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["lesion.png", "mole.png"]
 
 
 def test_convert_official_then_predict_with_the_converted_adapter(tmp_path, capsys):

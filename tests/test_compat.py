@@ -113,3 +113,15 @@ def test_checkpoint_layers_switches_every_checkpointing_layer_on():
     compat.checkpoint_layers(model, torch.utils.checkpoint.checkpoint)
     layers = [module for module in model.modules() if isinstance(module, compat.GradientCheckpointingLayer)]
     assert layers and all(layer.gradient_checkpointing for layer in layers)
+
+
+def test_tensor_version_counts_in_place_writes_of_weights():
+    weight = torch.nn.Linear(2, 2).weight
+    before = compat.tensor_version(weight)
+    with torch.no_grad():
+        weight.mul_(2)
+    assert compat.tensor_version(weight) == before + 1
+    module = torch.nn.Linear(2, 2)
+    before = compat.tensor_version(module.weight)
+    module.load_state_dict({"weight": torch.zeros(2, 2), "bias": torch.zeros(2)})
+    assert compat.tensor_version(module.weight) > before

@@ -19,6 +19,9 @@ ValueError): k >= 1 positive clicks, a box or a jittered box of an empty mask; k
 clicks of a mask without background.
 Negative clicks of an empty mask are drawn anywhere in the image.
 
+Correction clicks (`correction_click`): SAM's iterative protocol, the next click on the error of a
+prediction against the truth, positive in a missed region, negative in a false positive.
+
 Points and boxes are float32, labels int64, ready for `torch.from_numpy`.
 """
 
@@ -32,6 +35,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from .preprocess import frame_coordinates
 
@@ -43,6 +47,7 @@ __all__ = [
     "bounding_box",
     "box_iou",
     "click_prompt",
+    "correction_click",
     "jittered_box",
     "negative_clicks",
     "positive_clicks",
@@ -131,6 +136,36 @@ def click_prompt(
     points = np.concatenate([positive_clicks(mask, num_positive, rng), negative_clicks(mask, num_negative, rng)])
     labels = np.concatenate([np.ones(num_positive, np.int64), np.zeros(num_negative, np.int64)])
     return points, labels
+
+
+def correction_click(
+    prediction: np.ndarray, truth: np.ndarray, rng: np.random.Generator, *, uniform: bool = False
+) -> tuple[np.ndarray, int] | None:
+    """The next click of SAM's iterative protocol on `prediction` against `truth`, both (H, W) bool.
+
+    The error splits into connected regions (4-connected) of missed object pixels and of false positives; the
+    click goes into the largest one (a missed region first on a tie), positive (label 1) in a missed region,
+    negative (label 0) in a false positive. It lands on the region's pixel farthest from the region's boundary
+    (Euclidean distance transform; the image edge counts as boundary), as interactive evaluations click, the
+    ties drawn by `rng`; with `uniform`, on a pixel of the region drawn uniformly, as SAM trains.
+    Returns the point (2,) float32 (x, y) and the label, or None when the prediction is exact.
+    """
+    prediction, truth = _check_mask(prediction, "prediction"), _check_mask(truth, "truth")
+    if prediction.shape != truth.shape:
+        raise ValueError(f"prediction {prediction.shape} and truth {truth.shape} must have one shape")
+    largest, label = None, 1
+    for error, error_label in ((truth & ~prediction, 1), (prediction & ~truth, 0)):
+        regions, count = ndimage.label(error)
+        if count:
+            sizes = np.bincount(regions.ravel())[1:]
+            if largest is None or sizes.max() > np.count_nonzero(largest):
+                largest, label = regions == np.argmax(sizes) + 1, error_label
+    if largest is None:
+        return None
+    if uniform:
+        return _sample_pixels(largest, 1, rng)[0], label
+    distance = ndimage.distance_transform_edt(np.pad(largest, 1))[1:-1, 1:-1]
+    return _sample_pixels(distance == distance.max(), 1, rng)[0], label
 
 
 def bounding_box(mask: np.ndarray) -> np.ndarray:

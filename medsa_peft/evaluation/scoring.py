@@ -3,6 +3,7 @@
 Every (example, class present) is an `EvaluationCase`: the example's normalised slices in canonical order and one
 prompt, simulated on the truth, for each slice that holds the class. `MedSAPredictor.predict_logits` segments it
 exactly as it segments a user's file; slices without the class get no prompt and an empty mask.
+`evaluate_interactive` scores SAM's iterative protocol: a first click, then correction clicks on each slice's error.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data.examples import decode_example
+from ..data.examples import decode_example, is_volume_dataset
 from ..data.preprocess import SamFrame
-from ..data.prompts import PromptSpec, SlicePrompt
+from ..data.prompts import PromptSpec, SlicePrompt, correction_click
 from ..inference.predictor import MedSAPredictor
-from ..overlay import PREDICTION_COLOUR, TRUTH_COLOUR, busiest_slice, overlay
+from ..overlay import class_colour, figure, overlay, radiological
 from .metrics import MaskScores, mask_scores, summarize
 
-__all__ = ["Evaluation", "EvaluationCase", "evaluate_model", "evaluation_cases"]
+__all__ = ["Evaluation", "EvaluationCase", "evaluate_interactive", "evaluate_model", "evaluation_cases"]
 
 SHOWCASE_MIN_SIZE = 384
 
@@ -50,7 +51,7 @@ class EvaluationCase:
 @dataclass
 class Evaluation:
     """Scores of one evaluation run: `summary` as `metrics.summarize` gives it, the per-volume scores, and an
-    overlay of prediction (red) against truth (green) on the slice with the most foreground."""
+    overlay of the example with the most foreground (`_showcase_picture`)."""
 
     summary: dict[str, float]
     per_volume: dict[str, dict[str, MaskScores]] = field(default_factory=dict)
@@ -78,14 +79,53 @@ def evaluation_cases(
             yield EvaluationCase(decoded.id, class_name, slices, prompts, truth, decoded.spacing)
 
 
-def _showcase_picture(case: EvaluationCase, logits: torch.Tensor) -> Image.Image:
-    """The slice with the most foreground: image, prediction and truth on the original grid, enlarged when small."""
-    index = busiest_slice(case.truth)
-    truth = case.truth[:, :, index]
-    picture = overlay(case.slices[index], [(truth, TRUTH_COLOUR), (logits[index].numpy() > 0, PREDICTION_COLOUR)])
-    height, width = truth.shape
-    zoom = max(1, -(-SHOWCASE_MIN_SIZE // max(height, width)))
-    return picture.resize((width * zoom, height * zoom), Image.NEAREST)
+class _Showcase:
+    """Keeps, of the cases seen so far (grouped by example, as `evaluation_cases` yields them), the example with the
+    most foreground over all its classes: its slice with the most foreground, and each class's truth and prediction
+    there. The example being seen is held with its masks bit-packed, one bit a voxel."""
+
+    def __init__(self):
+        self.size = -1
+        self.image: np.ndarray | None = None  # the kept slice, (H, W) grey or (H, W, 3) colour, canonical order
+        self.masks: list[tuple[str, np.ndarray, np.ndarray]] = []  # (class name, truth, prediction), (H, W) bool
+        self._id: str | None = None
+        self._slices: np.ndarray | None = None
+        self._areas: np.ndarray | int = 0
+        self._packed: list[tuple[str, np.ndarray, np.ndarray]] = []
+
+    def add(self, case: EvaluationCase, prediction: np.ndarray) -> None:
+        """Take one case and its prediction, (H, W, D) bool like `case.truth`."""
+        if case.id != self._id:
+            self.close()
+            self._id, self._slices, self._areas, self._packed = case.id, case.slices, 0, []
+        self._areas = self._areas + case.truth.sum(axis=(0, 1))
+        self._packed.append((case.class_name, np.packbits(case.truth), np.packbits(prediction)))
+
+    def close(self) -> None:
+        """Keep the example being seen if it has more foreground than the one kept."""
+        if self._id is None or int(np.sum(self._areas)) <= self.size:
+            return
+        index = int(np.argmax(self._areas))
+        shape = (*self._slices.shape[1:3], len(self._areas))
+
+        def plane(packed: np.ndarray) -> np.ndarray:
+            return np.unpackbits(packed, count=int(np.prod(shape))).reshape(shape)[:, :, index].astype(bool)
+
+        self.size, self.image = int(np.sum(self._areas)), self._slices[index].copy()
+        self.masks = [(name, plane(truth), plane(prediction)) for name, truth, prediction in self._packed]
+
+
+def _showcase_picture(showcase: _Showcase, class_names: Sequence[str], axial: bool) -> Image.Image:
+    """Truth beside prediction on the kept slice, on the original grid, enlarged when small: a colour per class (by
+    its place in `class_names`) and a legend naming the classes shown; `axial` slices (of volumes) in radiological
+    view, as `medsa-peft predict` shows them, pictures as stored."""
+    view = radiological if axial else np.asarray
+    colours = {name: class_colour(index) for index, name in enumerate(class_names)}
+    panels = [
+        (title, overlay(view(showcase.image), [(view(masks[which]), colours[name]) for name, *masks in showcase.masks]))
+        for title, which in (("truth", 0), ("prediction", 1))
+    ]
+    return figure(panels, [(name, colours[name]) for name, *_ in showcase.masks], min_size=SHOWCASE_MIN_SIZE)
 
 
 def evaluate_model(
@@ -100,12 +140,15 @@ def evaluate_model(
     max_cases: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    axial_pictures: bool = False,
 ) -> Evaluation:
     """Dice, IoU and HD95 (mm) per class and per volume, means over volumes, on the original voxel grid.
 
     `model` is called like SamModel (with `depth` when `depth` is given: chunks of that many slices, as the
     predictor runs a depth adapter, without overlap). Each case is segmented from prompts simulated on the truth
-    (`prompt`, seeded by `seed`); `max_cases` caps the cases for quick checks.
+    (`prompt`, seeded by `seed`); `max_cases` caps the cases for quick checks. `progress`: a bar over the examples
+    when stderr is a terminal. `axial_pictures`: the split's 2D pictures are axial slices in canonical (RAS+) voxel
+    order (the MNI152 "2d" config), shown in radiological view in the overlay as volumes are.
     """
     was_training = model.training
     predictor = MedSAPredictor(
@@ -118,21 +161,108 @@ def evaluate_model(
         depth_adapter=depth is not None,
     )
     per_volume: dict[str, dict[str, MaskScores]] = defaultdict(dict)
-    showcase, showcase_size = None, -1
+    showcase = _Showcase()
     cases = evaluation_cases(split, classes, modality, prompt, seed=seed)
-    for number, case in enumerate(tqdm(cases, desc="evaluating", disable=not progress, leave=False)):
+    # counts examples (their cases are known only once decoded); a bar on a terminal only, none in a log file
+    bar = tqdm(total=len(split), desc="evaluating", unit="example", disable=None if progress else True, leave=False)
+    for number, case in enumerate(cases):
         if max_cases is not None and number >= max_cases:
             break
+        if case.id not in per_volume:  # the first case of an example
+            bar.update()
         logits = predictor.predict_logits(case.slices, case.prompts)
         prediction = (logits > 0).permute(1, 2, 0).numpy()
         truth, spacing = case.truth, case.spacing
         if truth.shape[2] == 1:  # a 2D image: score it in 2D (a one-slice volume would be all surface for HD95)
             prediction, truth, spacing = prediction[..., 0], truth[..., 0], spacing[:2]
         per_volume[case.id][case.class_name] = mask_scores(prediction, truth, spacing)
-        if case.truth.sum() > showcase_size:
-            showcase, showcase_size = (case, logits), int(case.truth.sum())
+        showcase.add(case, (logits > 0).permute(1, 2, 0).numpy())
+    bar.close()
     model.train(was_training)
     if not per_volume:
         raise ValueError("the evaluation split holds no example with any of the classes")
-    picture = _showcase_picture(*showcase) if showcase else None
+    showcase.close()
+    picture = _showcase_picture(showcase, list(classes), axial_pictures or is_volume_dataset(split.features))
     return Evaluation(summary=summarize(list(per_volume.values())), per_volume=dict(per_volume), overlay=picture)
+
+
+def evaluate_interactive(
+    model: torch.nn.Module,
+    split: datasets.Dataset,
+    classes: Mapping[str, Sequence[int]],
+    modality: str,
+    frame: SamFrame,
+    clicks: Sequence[int] = (1, 3, 5),
+    depth: int | None = None,
+    batch_size: int = 8,
+    max_cases: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    input_masks: bool = True,
+) -> dict[int, Evaluation]:
+    """Scores after 1, 3, 5... clicks of SAM's iterative protocol, as `evaluate_model` scores one prompt.
+
+    Every slice that holds the class gets a first positive click drawn in the object (`points:1`, seeded by `seed`),
+    then, while its mask is wrong, a correction click on its error (`correction_click`: in the largest error region,
+    farthest from its boundary); each round segments the slices that got a click from all their clicks so far, with
+    their previous low-resolution logits as `input_masks` (unless `input_masks` is False: for a model whose mask
+    input never trained), the image embeddings served from the predictor's cache. A slice whose mask is exact takes
+    no more clicks and keeps it. `clicks`: the counts to score, 1 or more; the others as in `evaluate_model`.
+    Returns an Evaluation (without overlay) per count of clicks.
+    """
+    if not clicks or min(clicks) < 1:
+        raise ValueError(f"clicks must be counts of 1 or more, got {list(clicks)}")
+    was_training = model.training
+    predictor = MedSAPredictor(
+        model,
+        chunk_depth=depth or 1,
+        overlap=0,
+        batch_size=batch_size,
+        progress=False,
+        frame=frame,
+        depth_adapter=depth is not None,
+    )
+    rng = np.random.default_rng(seed)
+    per_volume: dict[int, dict[str, dict[str, MaskScores]]] = {count: defaultdict(dict) for count in clicks}
+    cases = evaluation_cases(split, classes, modality, PromptSpec("points", num_positive=1), seed=seed)
+    bar = tqdm(total=len(split), desc="evaluating", unit="example", disable=None if progress else True, leave=False)
+    seen: set[str] = set()
+    for number, case in enumerate(cases):
+        if max_cases is not None and number >= max_cases:
+            break
+        if case.id not in seen:
+            seen.add(case.id)
+            bar.update()
+        # the slices of an example stay cached through its classes' rounds
+        predictor.embedding_cache = max(predictor.embedding_cache, len(case.slices))
+        truth = np.moveaxis(case.truth, 2, 0)
+        prompts, clicked = list(case.prompts), list(case.prompts)
+        masks = predictor.predict_masks(case.slices, clicked)
+        prediction, low_res = masks.logits[:, 0] > 0, masks.low_res[:, 0].clone()
+        for count in range(1, max(clicks) + 1):
+            if count > 1:
+                clicked = [None] * len(prompts)
+                for index, prompt in enumerate(prompts):
+                    click = None if prompt is None else correction_click(prediction[index].numpy(), truth[index], rng)
+                    if click is not None:
+                        point, label = click
+                        prompts[index] = clicked[index] = SlicePrompt(
+                            points=(*prompt.points, tuple(point.tolist())), labels=(*prompt.labels, label)
+                        )
+                if any(clicked):
+                    masks = predictor.predict_masks(case.slices, clicked, input_masks=low_res if input_masks else None)
+                    again = [index for index, prompt in enumerate(clicked) if prompt is not None]
+                    prediction[again], low_res[again] = masks.logits[again, 0] > 0, masks.low_res[again, 0]
+            if count in per_volume:
+                scored, reference, spacing = prediction.permute(1, 2, 0).numpy(), case.truth, case.spacing
+                if reference.shape[2] == 1:  # a 2D image: scored in 2D, as evaluate_model does
+                    scored, reference, spacing = scored[..., 0], reference[..., 0], spacing[:2]
+                per_volume[count][case.id][case.class_name] = mask_scores(scored, reference, spacing)
+    bar.close()
+    model.train(was_training)
+    if not seen:
+        raise ValueError("the evaluation split holds no example with any of the classes")
+    return {
+        count: Evaluation(summary=summarize(list(scores.values())), per_volume=dict(scores))
+        for count, scores in sorted(per_volume.items())
+    }

@@ -6,7 +6,7 @@ from ..lazy import lazy_exports
 __all__, __getattr__, __dir__ = lazy_exports(
     __name__,
     {
-        ".arguments": ["MedSATrainingArguments"],
+        ".arguments": ["METHODS", "MedSATrainingArguments"],
         ".loop": ["train"],
     },
 )

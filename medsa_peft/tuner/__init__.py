@@ -3,7 +3,7 @@
 (fused attention, compiled layers). Importing it registers "MEDSA" with PEFT."""
 
 from .config import MEDSA_PEFT_TYPE, MedSAConfig
-from .fast_paths import compile_sam_layers, use_fused_attention
+from .fast_paths import compile_sam_layers, enable_activation_checkpointing, use_fused_attention
 from .model import MedSAModel
 from .registration import register_medsa
 
@@ -12,6 +12,7 @@ __all__ = [
     "MedSAConfig",
     "MedSAModel",
     "compile_sam_layers",
+    "enable_activation_checkpointing",
     "register_medsa",
     "use_fused_attention",
 ]
