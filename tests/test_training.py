@@ -306,8 +306,12 @@ def parse(*options: str) -> MedSATrainingArguments:
     return args
 
 
-def test_hf_option_names_and_their_former_aliases_parse_alike(tiny_sam_dir):
+def test_hf_option_names_and_their_former_aliases_parse_alike(tiny_sam_dir, tmp_path):
+    checkpoint = tmp_path / "checkpoints" / "step-000001"  # "latest" must name a complete checkpoint at parse time
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text('{"step": 1}')
     renamed = {
+        "output_dir": ("--output_dir", str(tmp_path)),
         "model_name_or_path": ("--model", tiny_sam_dir),
         "per_device_train_batch_size": ("--batch_size", "3"),
         "per_device_eval_batch_size": ("--eval_batch_size", "5"),
@@ -454,8 +458,10 @@ def test_the_training_order_follows_from_the_seed_and_the_epoch_alone():
         (dict(per_device_train_batch_size=2, gradient_accumulation_steps=2, num_workers=0), 3, 2),
         # 3D chunks with a depth adapter and a worker: 2 steps an epoch; the stop is inside the second epoch
         (dict(dataset_config="3d", volume_depth=2, per_device_train_batch_size=8, num_workers=1), 5, 3),
+        # SAM's iterative protocol: the correction clicks drawn from (seed, step, micro-batch) as well
+        (dict(per_device_train_batch_size=2, gradient_accumulation_steps=2, num_workers=0, correction_clicks=2), 3, 2),
     ],
-    ids=["2d-no-workers", "3d-one-worker"],
+    ids=["2d-no-workers", "3d-one-worker", "2d-correction-clicks"],
 )
 def test_a_resumed_run_ends_with_exactly_the_weights_of_an_uninterrupted_one(
     tiny_sam_dir, dataset_cache, tmp_path, options, steps, stop
