@@ -4,7 +4,9 @@
     accelerate launch --mixed_precision bf16 examples/train.py --model_name_or_path facebook/sam-vit-base \
         --dataset btcv --data_dir ~/BTCV --volume_depth 8
 
-Every option: `python examples/train.py --help`. The logic lives in `medsa_peft.training`.
+Every option: `python examples/train.py --help`. The logic lives in `medsa_peft.training`. A bad option, or bad data,
+files or settings found by the run, end it with one line `train.py: error: ...` (exit 2 and 1); `accelerate launch
+-q` keeps the launcher from adding its own traceback of the failed process.
 """
 
 import logging
@@ -24,4 +26,8 @@ if __name__ == "__main__":
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     from medsa_peft.training import train  # torch, peft, datasets: after parsing, so that --help answers at once
 
-    train(arguments)  # errors of the run itself keep their traceback
+    try:
+        train(arguments)
+    except (ValueError, OSError) as error:  # bad data, files or settings found by the run: one line, exit 1
+        logging.getLogger("medsa_peft").debug("the run stopped", exc_info=True)
+        parser.exit(1, f"{parser.prog}: error: {error}\n")

@@ -396,6 +396,22 @@ def test_the_script_reports_a_bad_option_in_one_line_and_exits_2(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_the_script_reports_bad_data_found_by_the_run_in_one_line_and_exits_1(tmp_path):
+    (tmp_path / "BTCV").mkdir()
+    result = subprocess.run(
+        [sys.executable, TRAIN_SCRIPT, "--dataset", "btcv", "--data_dir", str(tmp_path / "BTCV"),
+         "--cache_dir", str(tmp_path / "cache"), "--output_dir", str(tmp_path / "run")],
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    ours = [line for line in result.stderr.splitlines() if "train.py" in line or "Traceback" in line]
+    assert ours == [f"train.py: error: BTCV data_dir {tmp_path / 'BTCV'} is empty"], result.stderr
+    assert not (tmp_path / "run" / "adapter").exists()
+
+
 def test_epochs_set_the_steps_through_the_chosen_schedule_and_the_run_is_summarised(
     tiny_sam_dir, dataset_cache, tmp_path, monkeypatch, caplog
 ):
