@@ -6,6 +6,7 @@ eager Med-SA (materialised fp32 attention, `naive_medsa.py`) that stands in for 
     python benchmarks/benchmark.py --preset gpu --variants train:medsa-fused+compile,train:medsa-fused+cudagraphs
     python benchmarks/benchmark.py --preset gpu --variants train:medsa-fused-3d --depth 32 --batch 32 \\
         --gradient_checkpointing                                 # one 32-slice volume with activation checkpointing
+    python benchmarks/benchmark.py --preset cpu-sam2             # SAM 2 (Hiera-T at 256 px): Med-SA beside LoRA
 
 A training step is forward + backward + AdamW step on a box prompt per image and a BCE loss on the low-resolution
 mask; an inference step is the whole forward (image encoder, prompt encoder, mask decoder) without gradients. Every
@@ -47,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from torch.profiler import ProfilerActivity, profile
-from transformers import SamConfig, SamModel
+from transformers import Sam2Config, Sam2Model, SamConfig, SamModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -56,13 +57,14 @@ from naive_medsa import NaiveMedSA
 
 import medsa_peft  # noqa: F401  (registers MEDSA)
 from medsa_peft import MedSAConfig
+from medsa_peft.data.preprocess import SamFrame
 from medsa_peft.tuner.fast_paths import compile_sam_layers, use_fused_attention
 from medsa_peft.tiny_sam import randomize_weights, tiny_sam_config
 
 
 @dataclass(frozen=True)
 class Preset:
-    config: str  # "vit-b" or "small"
+    config: str  # "vit-b", "small" (SamModel) or "sam2-small" (Sam2Model)
     device: str
     batch: int
     depth: int
@@ -78,12 +80,22 @@ PRESETS = {
                   threads=1),
     "gpu": Preset(config="vit-b", device="cuda", batch=4, depth=8, steps=10, warmup=2, bf16=True,
                   threads=None),
+    # SAM 2.1 Hiera-T's encoder (stages of 1, 2, 7, 2 blocks, 96 to 768 wide) at 256 px: 64 x 64 tokens first
+    "cpu-sam2": Preset(config="sam2-small", device="cpu", batch=2, depth=4, steps=5, warmup=1, bf16=False,
+                       threads=1),
 }
+# what runs on SAM 2: no naive reference (written for SAM's ViT), no fused attention (Hiera has no rel-pos bias)
+SAM2_METHODS = ("medsa", "lora", "full", "sam")
 
 
-def sam_config(name: str) -> SamConfig:
+def sam_config(name: str) -> SamConfig | Sam2Config:
     if name == "vit-b":
         return SamConfig()
+    if name == "sam2-small":
+        # Sam2Config's defaults are SAM 2.1 Hiera-T's; only the image size changes
+        backbone = {"model_type": "sam2_hiera_det_model", "image_size": [256, 256]}
+        vision = {"backbone_config": backbone, "backbone_feature_sizes": [[64, 64], [32, 32], [16, 16]]}
+        return Sam2Config(vision_config=vision, prompt_encoder_config={"image_size": 256})
     return tiny_sam_config(
         image_size=512, patch_size=16, hidden_size=96, num_layers=4, window_size=7, global_attn_indexes=(1, 3),
         prompt_hidden_size=64,
@@ -131,10 +143,16 @@ def default_variants(compiled: bool) -> list[Variant]:
 
 
 @cache
-def base_sam(config_name: str) -> SamModel:
-    """One SamModel with real random weights (SamModel(config) alone is near zero), copied for every variant."""
+def base_sam(config_name: str) -> SamModel | Sam2Model:
+    """One SAM with real random weights (SamModel(config) alone is near zero), copied for every variant."""
     torch.manual_seed(0)
-    return randomize_weights(SamModel(sam_config(config_name)), std=0.02)
+    config = sam_config(config_name)
+    model_class = Sam2Model if isinstance(config, Sam2Config) else SamModel
+    return randomize_weights(model_class(config), std=0.02)
+
+
+def image_size(preset: Preset) -> int:
+    return SamFrame.from_config(sam_config(preset.config)).image_size
 
 
 def adapt(sam: SamModel, method: str, volumetric: bool = False) -> torch.nn.Module:
@@ -145,8 +163,8 @@ def adapt(sam: SamModel, method: str, volumetric: bool = False) -> torch.nn.Modu
         model = get_peft_model(sam, MedSAConfig.official(depth_adapter=volumetric))
         return use_fused_attention(model) if method == "medsa-fused" else model
     if method == "lora":
-        lora = LoraConfig(r=4, lora_alpha=8, target_modules=r".*vision_encoder\.layers\.\d+\.attn\.qkv",
-                          modules_to_save=["mask_decoder"])
+        qkv = r".*vision_encoder\.(layers|backbone\.blocks)\.\d+\.attn\.qkv"  # SAM's ViT layers, SAM 2's Hiera blocks
+        lora = LoraConfig(r=4, lora_alpha=8, target_modules=qkv, modules_to_save=["mask_decoder"])
         return get_peft_model(sam, lora)
     return sam
 
@@ -208,8 +226,8 @@ def measure(variant: Variant, preset: Preset, args: argparse.Namespace) -> dict:
     skips_before = cudagraph_skips()
     model, trainable_share = build_model(variant, preset, args.gradient_checkpointing)
     images, depth = images_per_step(variant, args.batch, args.depth)
-    image_size = sam_config(preset.config).vision_config.image_size
-    inputs = make_inputs(images, image_size, device)
+    inputs = make_inputs(images, image_size(preset), device)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     depth_argument = {} if depth is None else {"depth": depth}
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=preset.bf16)
 
@@ -260,6 +278,7 @@ def measure(variant: Variant, preset: Preset, args: argparse.Namespace) -> dict:
         "images_per_s": images / median, "step_ms": [round(1000 * t, 2) for t in step_seconds],
         "issue_ms": [round(1000 * t, 2) for t in issue_seconds], "host_percent": 100 * median_issue / median,
         "warmup_s": warmup_s, "peak_bytes": peak, "peak_kind": peak_kind, "trainable_percent": trainable_share,
+        "trainable_parameters": trainable,
     }
     if variant.compiled == "cudagraphs":  # graphs that Inductor could not replay as CUDA graphs run without
         row["cudagraph_skips"] = cudagraph_skips() - skips_before
@@ -320,8 +339,7 @@ def check_agreement(preset: Preset, depth: int) -> dict:
     reference's, on the same weights: one volume of `depth` slices, official (non-zero) adapter init."""
     model, _ = build_model(Variant("infer", "medsa", volumetric=True), preset, gradient_checkpointing=False)
     model.eval()
-    image_size = sam_config(preset.config).vision_config.image_size
-    inputs = make_inputs(depth, image_size, preset.device)
+    inputs = make_inputs(depth, image_size(preset), preset.device)
     call = {"pixel_values": inputs["pixel_values"], "input_boxes": inputs["input_boxes"], "depth": depth,
             "multimask_output": False}
     with torch.inference_mode(), torch.autocast(preset.device, dtype=torch.bfloat16, enabled=preset.bf16):
@@ -416,6 +434,9 @@ def main(argv: list[str] | None = None) -> None:
     if preset.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--preset gpu needs a CUDA device")
     variants = [ALL_VARIANTS[n] for n in args.variants.split(",")] if args.variants else default_variants(args.compile)
+    sam2 = isinstance(sam_config(preset.config), Sam2Config)
+    if sam2:
+        variants = [variant for variant in variants if variant.method in SAM2_METHODS]
     fork = preset.device == "cpu"
     # every variant compiles the same layer classes again (train / inference, 2D / 3D, shapes): keep them all
     torch._dynamo.config.recompile_limit = 64
@@ -430,7 +451,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     print(f"{payload['device']}, torch {torch.__version__}, preset {args.preset}, batch {args.batch}, "
           f"depth {args.depth}, steps {args.steps}", flush=True)
-    if not args.no_check:
+    if not (args.no_check or sam2):
         payload["agreement"] = run_isolated(lambda: check_agreement(preset, min(args.depth, 4)), fork)
         print("agreement with the naive reference:", payload["agreement"], flush=True)
     for variant in variants:

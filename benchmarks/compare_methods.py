@@ -42,7 +42,6 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser
 
-from medsa_peft.data.builders import prepare_dataset
 from medsa_peft.data.examples import decode_example
 from medsa_peft.evaluation.metrics import mask_scores, summarize
 from medsa_peft.files import atomic_path, write_json
@@ -136,17 +135,7 @@ def run_fresh(arguments: MedSATrainingArguments) -> dict:
 def union_reference(arguments: MedSATrainingArguments) -> dict[str, float] | None:
     """Scores, on the evaluation cases of `arguments`, of predicting every class as the union of all classes'
     truth (no model, no prompt); None for a data set of one class (the union would be the truth)."""
-    data = prepare_dataset(
-        arguments.dataset,
-        arguments.resolved_dataset_config(),
-        arguments.data_dir,
-        arguments.cache_dir,
-        channel=arguments.channel,
-        modality=arguments.modality,
-        classes=arguments.classes,
-        validation_fraction=arguments.validation_fraction,
-        seed=arguments.eval_seed,
-    )
+    data = arguments.prepared_dataset()
     if len(data.classes) < 2:
         return None
     every_value = [value for values in data.classes.values() for value in values]

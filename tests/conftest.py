@@ -11,8 +11,29 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest
 import torch
 
+from folder_layouts import template_cases
 from helpers import tiny_sam_model
 from medsa_peft.tiny_sam import tiny_sam_config
+
+
+@pytest.fixture(scope="module")
+def tiny_sam_dir(tmp_path_factory) -> str:
+    """A folder holding a saved tiny SamModel, as `--model_name_or_path` takes it."""
+    folder = tmp_path_factory.mktemp("sam")
+    tiny_sam_model().save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def dataset_cache(tmp_path_factory) -> str:
+    """A `datasets` cache folder shared by the tests of one module (the embedded data set is prepared once)."""
+    return str(tmp_path_factory.mktemp("datasets-cache"))
+
+
+@pytest.fixture(scope="module")
+def mni_cases():
+    """(T1, tissue labels) NIfTI pairs: small disjoint crops of the embedded MNI152 template (`folder_layouts`)."""
+    return template_cases()
 
 
 @pytest.fixture

@@ -159,3 +159,19 @@ def tiny_sam2_model(seed: int = 0) -> torch.nn.Module:
         torch.manual_seed(seed)
         model = Sam2Model(tiny_sam2_config())
     return randomize_weights(model, seed=seed).eval()
+
+
+def quick_training(tiny_sam_dir: str, dataset_cache: str, output_dir, **overrides):
+    """In-process training options of the tests: the tiny SAM, a shared data set cache, no evaluation stops."""
+    from medsa_peft.training import MedSATrainingArguments
+
+    options = dict(
+        model_name_or_path=tiny_sam_dir,
+        cache_dir=dataset_cache,
+        output_dir=str(output_dir),
+        eval_every=0,
+        checkpointing_steps=0,
+        max_eval_cases=1,
+        report_to="none",
+    )
+    return MedSATrainingArguments(**{**options, **overrides})

@@ -21,7 +21,7 @@ from medsa_peft.cli import main
 from medsa_peft.data.builders import prepare_dataset
 from medsa_peft.data.publish import export_dataset
 from medsa_peft.training import MedSATrainingArguments, train
-from test_folder_datasets import mni_cases, write_msd, write_pictures  # noqa: F401 (mni_cases is a fixture)
+from folder_layouts import write_msd, write_pictures
 
 
 @pytest.fixture

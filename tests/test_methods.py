@@ -7,45 +7,31 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from peft import PeftModel
+from PIL import Image
 from transformers import SamModel
 
 import medsa_peft  # noqa: F401  (registers MEDSA for loading)
+import helpers
 from helpers import tiny_sam_model
+from medsa_peft.cli import main
+from medsa_peft.data.preprocess import SamFrame, frame_coordinates, frame_images, sam_logits_to_original
 from medsa_peft.evaluation import scoring
+from medsa_peft.inference import MedSAPredictor, SlicePrompt
 from medsa_peft.training import MedSATrainingArguments, train
 from medsa_peft.training.methods import count_trainable, trainable_model, trains_unused_parameters
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def tiny_sam_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sam")
-    tiny_sam_model().save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
-def dataset_cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("datasets-cache"))
-
-
 def quick_training(tiny_sam_dir, dataset_cache, output_dir, **overrides) -> MedSATrainingArguments:
-    options = dict(
-        model_name_or_path=tiny_sam_dir,
-        cache_dir=dataset_cache,
-        output_dir=str(output_dir),
-        max_steps=2,
-        eval_every=0,
-        checkpointing_steps=0,
-        max_eval_cases=2,
-        report_to="none",
-        num_workers=0,
+    """Two steps in this process, scored on two cases."""
+    return helpers.quick_training(
+        tiny_sam_dir, dataset_cache, output_dir, **{"max_steps": 2, "max_eval_cases": 2, "num_workers": 0, **overrides}
     )
-    return MedSATrainingArguments(**{**options, **overrides})
 
 
 def changed(first: dict, second: dict, prefix: str) -> bool:
@@ -219,3 +205,62 @@ def test_the_union_reference_scores_the_union_and_needs_two_classes(compare_meth
     assert (scores["dice/tissue"], scores["iou/tissue"], scores["hd95/tissue"]) == (1.0, 1.0, 0.0)
     assert 0 < scores["dice/grey_matter"] < 1
     assert reference('{"tissue": [1, 2]}') is None
+
+
+def write_picture(path: Path, height=20, width=24) -> Path:
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3)).astype(np.uint8)).save(path)
+    return path
+
+
+def predict(path: Path, output: Path, *model: str) -> np.ndarray:
+    """`medsa-peft predict` on a picture with a box, given `--adapter ... --model ...` as `model`; the written mask."""
+    status = main(["predict", *model, "--input", str(path), "--box", "2,3,18,15", "--output", str(output)])
+    assert status == 0
+    return np.asarray(Image.open(output)) > 0
+
+
+def test_a_lora_run_predicts_as_its_peft_model_computes(tiny_sam_dir, dataset_cache, tmp_path):
+    train(quick_training(tiny_sam_dir, dataset_cache, tmp_path, method="lora"))
+    adapter = tmp_path / "adapter"
+    predictor = MedSAPredictor.from_pretrained(adapter, tiny_sam_dir, progress=False)
+    assert not predictor.has_depth and predictor.frame == SamFrame(64, 32)
+
+    slices = np.random.default_rng(0).random((2, 20, 24), dtype=np.float32)
+    boxes = np.array([[2, 3, 18, 15], [4, 2, 20, 17]], np.float32)
+    masks = predictor.predict_masks(slices, [SlicePrompt(box=tuple(box)) for box in boxes])
+
+    @torch.no_grad()
+    def forward(model) -> torch.Tensor:
+        framed = torch.from_numpy(frame_coordinates(boxes, (20, 24), 64))[:, None]
+        return model(pixel_values=frame_images(slices, 64), input_boxes=framed, multimask_output=False).pred_masks[:, 0]
+
+    lora = PeftModel.from_pretrained(SamModel.from_pretrained(tiny_sam_dir), adapter).eval()
+    expected = forward(lora)
+    torch.testing.assert_close(masks.low_res, expected, rtol=0, atol=1e-5)
+    assert not torch.allclose(expected, forward(SamModel.from_pretrained(tiny_sam_dir).eval()))  # LoRA moved
+    torch.testing.assert_close(masks.logits[:, 0], sam_logits_to_original(expected[:, 0], (20, 24), 64))
+
+    picture = write_picture(tmp_path / "picture.png")
+    mask = predict(picture, tmp_path / "mask.png", "--adapter", str(adapter), "--model", tiny_sam_dir)
+    expected = predictor.predict_file(picture, SlicePrompt(box=(2, 3, 18, 15))).mask
+    assert mask.shape == (20, 24) and np.array_equal(mask, expected)
+
+
+def test_a_whole_model_run_predicts_as_model_without_an_adapter(tiny_sam_dir, dataset_cache, tmp_path):
+    train(quick_training(tiny_sam_dir, dataset_cache, tmp_path, method="decoder"))
+    predictor = MedSAPredictor.from_pretrained(None, tmp_path / "model", progress=False)
+    assert not predictor.has_depth and predictor.frame == SamFrame(64, 32)
+
+    slices = np.random.default_rng(0).random((1, 20, 24), dtype=np.float32)
+    low_res = predictor.predict_masks(slices, [SlicePrompt(box=(2, 3, 18, 15))]).low_res
+    tuned = SamModel.from_pretrained(tmp_path / "model").eval()
+    box = torch.from_numpy(frame_coordinates(np.array([[2, 3, 18, 15]], np.float32), (20, 24), 64))[:, None]
+    with torch.no_grad():
+        expected = tuned(pixel_values=frame_images(slices, 64), input_boxes=box, multimask_output=False).pred_masks
+    torch.testing.assert_close(low_res, expected[:, 0], rtol=0, atol=1e-5)
+
+    picture = write_picture(tmp_path / "picture.png")
+    mask = predict(picture, tmp_path / "mask.png", "--model", str(tmp_path / "model"))
+    assert mask.shape == (20, 24)
+    assert np.array_equal(mask, predictor.predict_file(picture, SlicePrompt(box=(2, 3, 18, 15))).mask)
+    assert main(["predict", "--input", str(picture), "--box", "2,3,18,15", "--output", str(tmp_path / "x.png")]) == 1

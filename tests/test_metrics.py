@@ -168,6 +168,22 @@ def test_segmentation_metric_matches_the_functions_on_3d_volumes(tmp_path):
     assert 0 < result["dice/liver"] < 1 and result["hd95/liver"] > 0
 
 
+def test_evaluate_load_of_the_metric_module_works_offline(tmp_path, monkeypatch):
+    import evaluate
+
+    from medsa_peft.evaluation import metrics
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    classes = {"organ": (1,)}
+    prediction, reference = random_blobs((12, 14), 1), random_blobs((12, 14), 2)
+    loaded = evaluate.load(metrics.__file__, classes=classes, cache_dir=str(tmp_path / "loaded"))
+    direct = SegmentationMetrics(classes=classes, cache_dir=str(tmp_path / "direct"))
+    for metric in (loaded, direct):
+        metric.add(prediction=prediction, reference=reference, spacing=(0.5, 0.5))
+    scores = direct.compute()
+    assert loaded.compute() == pytest.approx(scores) and 0 < scores["dice/organ"] < 1
+
+
 def test_segmentation_metric_scores_binary_2d_masks_by_default():
     predictions = [random_blobs((30, 30), seed) for seed in range(3)]
     references = [random_blobs((30, 30), seed + 10) for seed in range(3)]

@@ -6,18 +6,32 @@ exactness at zero init in 2D and 3D, what trains, save / load, disable / unload,
 then where the adapters sit in a Hiera block and what SD-Trans mixes there.
 """
 
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
-from transformers import Sam2Model, SamHQModel
+from PIL import Image
+from transformers import Sam2Model, Sam2Processor, Sam2VideoConfig, Sam2VideoModel, SamHQModel, ViTConfig
 from transformers.models.sam2.modeling_sam2 import Sam2MultiScaleBlock
 
 import medsa_peft  # noqa: F401  (registers MEDSA)
-from helpers import randomize_adapters, tiny_sam2_model, tiny_sam_hq_model
+from helpers import randomize_adapters, tiny_sam2_config, tiny_sam2_model, tiny_sam_hq_model
 from medsa_peft import MedSAConfig, use_fused_attention
 from medsa_peft.tuner.fast_paths import enable_activation_checkpointing
 from medsa_peft.tuner.layer import MedSAHieraLayer, MedSALayer, MedSATwoWayLayer, MedSAVisionLayer
+from medsa_peft.cli import main
+from medsa_peft.data.preprocess import SamFrame, frame_coordinates
+from medsa_peft.inference import MedSAPredictor
+from medsa_peft.sam_models import load_sam
+from medsa_peft.training import MedSATrainingArguments, train
+from medsa_peft.training.methods import count_trainable, trainable_model
 from medsa_peft.tuner.model import VOLUME_HOOKS
 
 SIZE = 64
@@ -423,3 +437,121 @@ def test_sam2_video_model_gets_the_same_adapters_in_its_image_encoder_and_decode
     assert kinds == {"MedSAHieraLayer", "MedSATwoWayLayer"}
     assert not any("memory" in name for name, _ in model.named_parameters() if ".medsa_" in name)
     assert all(torch.equal(one, other) for one, other in zip(got, expected))
+
+
+# --- Training and prediction on each family: `examples/train.py --model` and `medsa-peft predict --model` ---
+
+SAM2_PARTS = ("vision_config", "prompt_encoder_config", "mask_decoder_config")
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory) -> dict:
+    """Each family's tiny model, saved as a user's fine-tuned or downloaded checkpoint folder."""
+    folder = tmp_path_factory.mktemp("family")
+    for family in FAMILIES:
+        plain_model(family).save_pretrained(folder / family)
+    return {family: folder / family for family in FAMILIES}
+
+
+@each_family
+def test_a_checkpoint_loads_as_its_own_class_and_frames_as_its_masks_come(family, family_dirs):
+    model = load_sam(family_dirs[family])
+    assert type(model) is FAMILIES[family][1]
+    frame = SamFrame.from_config(model.config)
+    masks = predict(model.eval(), inputs(MedSAConfig()))
+    assert frame.image_size == SIZE and masks.shape[-2:] == (frame.mask_size, frame.mask_size)
+
+
+def test_a_sam2_video_checkpoint_loads_as_the_image_predictor_and_other_models_are_refused(tmp_path):
+    parts = tiny_sam2_config().to_dict()
+    video = Sam2VideoConfig(**{key: parts[key] for key in SAM2_PARTS}, image_size=SIZE)
+    Sam2VideoModel(video).save_pretrained(tmp_path / "video")
+    assert type(load_sam(tmp_path / "video")) is Sam2Model
+    ViTConfig().save_pretrained(tmp_path / "vit")
+    with pytest.raises(ValueError, match=r"vit: a 'vit' model; medsa-peft trains and runs the model types sam, sam_hq"):
+        load_sam(tmp_path / "vit")
+    with pytest.raises(FileNotFoundError, match="cannot load the SAM model"):
+        load_sam(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("height, width", [(64, 64), (128, 128), (40, 40)])
+def test_square_slices_get_sam2_processors_coordinates(height, width):
+    """SAM 2's processor stretches every image to the square frame; on square slices SAM's long-side frame is the
+    same resize, so the coordinates agree (non-square slices: docs/design.md, "The SAM family")."""
+    box = np.array([[0.2 * width, 0.1 * height, 0.9 * width, 0.7 * height]], np.float32)
+    points = np.array([[0.5 * width, 0.5 * height], [0.25 * width, 0.6 * height]], np.float32)
+    for coordinates, is_box in ((box, True), (points, False)):
+        expected = Sam2Processor._normalize_coordinates(  # a static computation: it reads nothing of the processor
+            None, SIZE, torch.from_numpy(coordinates.copy()), (height, width), is_bounding_box=is_box
+        )
+        np.testing.assert_allclose(frame_coordinates(coordinates, (height, width), SIZE), expected.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("family, volume_depth", [("sam-hq", 1), ("sam2", 1), ("sam2", 2)])
+def test_train_two_steps_then_predict_with_the_written_adapter(family, volume_depth, family_dirs, tmp_path):
+    three_d = dict(dataset_config="3d", volume_depth=volume_depth) if volume_depth > 1 else {}
+    args = MedSATrainingArguments(
+        model_name_or_path=str(family_dirs[family]),
+        cache_dir=str(tmp_path / "datasets-cache"),
+        output_dir=str(tmp_path / "run"),
+        max_steps=2,
+        eval_every=0,
+        checkpointing_steps=0,
+        max_eval_cases=1,
+        report_to="none",
+        num_workers=0,
+        **three_d,
+    )
+    metrics = train(args)
+    assert metrics["steps"] == 2 and np.isfinite(metrics["after"]["dice"])
+    adapter = tmp_path / "run" / "adapter"
+    predictor = MedSAPredictor.from_pretrained(adapter, family_dirs[family], progress=False)
+    assert type(predictor.model.get_base_model()) is FAMILIES[family][1]
+    assert predictor.has_depth == (volume_depth > 1)
+    model_class = FAMILIES[family][1].__name__  # the card loads the base with its own class
+    assert f"PeftModel.from_pretrained({model_class}.from_pretrained(" in (adapter / "README.md").read_text()
+
+    if volume_depth > 1:
+        source = tmp_path / "mri.nii.gz"
+        volume = np.random.default_rng(0).normal(100, 20, (20, 24, 5)).astype(np.float32)
+        nib.save(nib.Nifti1Image(volume, np.diag([1.0, 1.0, 2.0, 1.0])), source)
+        output, shape, prompt = tmp_path / "mask.nii.gz", (20, 24, 5), ["--box", "2,3,0,18,15,5", "--modality", "mri"]
+    else:
+        source, output, shape = tmp_path / "picture.png", tmp_path / "mask.png", (20, 24)
+        prompt = ["--box", "2,3,18,15"]
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 24, 3)).astype(np.uint8)).save(source)
+    model = ["--model", str(family_dirs[family]), "--adapter", str(adapter)]
+    assert main(["predict", *model, "--input", str(source), *prompt, "--output", str(output)]) == 0
+    written = np.asanyarray(nib.load(output).dataobj) if volume_depth > 1 else np.asarray(Image.open(output))
+    assert written.shape == shape
+
+
+@each_family
+def test_lora_by_default_adapts_the_qkv_of_every_image_encoder_block(family):
+    model = plain_model(family)
+    qkv = [module for name, module in model.named_modules() if name.startswith("vision_encoder.") and "qkv" in name]
+    trainable = trainable_model(model, MedSATrainingArguments(method="lora", lora_rank=2))
+    assert len(qkv) == {"sam-hq": 2, "sam2": 6}[family]
+    assert count_trainable(trainable) == 2 * sum(linear.in_features + linear.out_features for linear in qkv)
+
+
+def test_the_benchmark_runs_medsa_beside_lora_on_one_sam2_model(tmp_path, monkeypatch):
+    """benchmarks/benchmark.py --preset cpu-sam2, shortened: both rows time a step on the same Sam2Model."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.delitem(sys.modules, "benchmark", raising=False)
+    benchmark = importlib.import_module("benchmark")
+    output = tmp_path / "sam2.json"
+    options = ["--steps", "1", "--warmup", "0", "--output", str(output)]
+    benchmark.main(["--preset", "cpu-sam2", "--variants", "train:reference,train:medsa,train:lora", *options])
+
+    payload = json.loads(output.read_text())
+    assert "agreement" not in payload  # the naive reference is SAM ViT's
+    rows = {row["variant"]: row for row in payload["rows"]}
+    assert list(rows) == ["train:medsa", "train:lora"] and all("error" not in row for row in rows.values()), rows
+    medsa, lora = rows["train:medsa"], rows["train:lora"]
+    sam2 = Sam2Model(benchmark.sam_config("sam2-small"))
+    decoder = sum(param.numel() for param in sam2.mask_decoder.parameters())
+    qkv = [module for name, module in sam2.named_modules() if name.endswith("attn.qkv")]
+    assert lora["trainable_parameters"] == decoder + 4 * sum(linear.in_features + linear.out_features for linear in qkv)
+    assert medsa["trainable_parameters"] == 6_521_653  # SAM 2.1 Hiera-T's official() count, README
+    assert medsa["images_per_s"] > 0 and lora["peak_bytes"] > 0 and "train:medsa" in payload["table"]

@@ -26,7 +26,7 @@ import medsa_peft  # noqa: F401
 from medsa_peft.data.samples import EpochSampler
 from medsa_peft.training.checkpoints import TRAINER_STATE, checkpoint_dirs, latest_checkpoint
 from medsa_peft.training.losses import DiceBCELoss
-from helpers import LocalHub, tiny_sam_model
+from helpers import LocalHub, quick_training
 from medsa_peft.training import MedSATrainingArguments, train
 from medsa_peft.training import loop
 from medsa_peft.training.arguments import DEFAULT_MAX_STEPS
@@ -34,18 +34,6 @@ from medsa_peft.training.loop import default_num_workers, train_loader
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = str(REPO_ROOT / "examples" / "train.py")
-
-
-@pytest.fixture(scope="module")
-def tiny_sam_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sam")
-    tiny_sam_model().save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
-def dataset_cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("datasets-cache"))
 
 
 def quick_args(tiny_sam_dir, dataset_cache, output_dir, *extra):
@@ -64,20 +52,6 @@ def quick_args(tiny_sam_dir, dataset_cache, output_dir, *extra):
         "none",
         *extra,
     ]
-
-
-def quick_training(tiny_sam_dir, dataset_cache, output_dir, **overrides) -> MedSATrainingArguments:
-    """In-process training options of the tests: the tiny SAM, a shared data set cache, no evaluation stops."""
-    options = dict(
-        model_name_or_path=tiny_sam_dir,
-        cache_dir=dataset_cache,
-        output_dir=str(output_dir),
-        eval_every=0,
-        checkpointing_steps=0,
-        max_eval_cases=1,
-        report_to="none",
-    )
-    return MedSATrainingArguments(**{**options, **overrides})
 
 
 def environment():

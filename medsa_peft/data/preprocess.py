@@ -56,9 +56,13 @@ class SamFrame:
 
     @classmethod
     def from_config(cls, config: SamConfig) -> SamFrame:
-        """The frame of a `SamModel` built from `config`: s = 4 * image_embedding_size (256 for real SAM)."""
-        vision = config.vision_config
-        return cls(image_size=vision.image_size, mask_size=4 * (vision.image_size // vision.patch_size))
+        """The frame of a SAM built from `config`: s = 4 * image_embedding_size (256 for real SAM and SAM 2).
+
+        SAM and SAM-HQ: the ViT's image size over its patch size. SAM 2 (a `Sam2Config`, whose Hiera has no single
+        patch size): its prompt encoder's, which match the lowest-resolution feature map the mask decoder reads.
+        """
+        sizes = config.vision_config if hasattr(config.vision_config, "patch_size") else config.prompt_encoder_config
+        return cls(image_size=sizes.image_size, mask_size=4 * (sizes.image_size // sizes.patch_size))
 
 
 def _mri_range(image: np.ndarray) -> tuple[float, float]:

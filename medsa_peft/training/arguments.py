@@ -13,6 +13,7 @@ from huggingface_hub.utils import validate_repo_id
 from ..constants import EMBEDDED_DEFAULT
 
 if TYPE_CHECKING:
+    from ..data.builders import PreparedDataset
     from ..tuner.config import MedSAConfig
 
 __all__ = ["DEFAULT_MAX_STEPS", "LR_SCHEDULERS", "METHODS", "MedSATrainingArguments"]
@@ -43,7 +44,8 @@ class MedSATrainingArguments:
         default=None,
         metadata={
             "aliases": ["--model"],
-            "help": "SAM to adapt: a Hub id or a folder; None: the tiny SAM shipped offline",
+            "help": "SAM to adapt: a Hub id or a folder of a SAM, SAM-HQ or SAM 2 (loaded as its config's class); "
+            "None: the tiny SAM shipped offline",
         },
     )
     dataset: str = field(
@@ -102,8 +104,11 @@ class MedSATrainingArguments:
     lora_rank: int = field(default=16, metadata={"help": "--method lora: the rank r"})
     lora_alpha: float | None = field(default=None, metadata={"help": "--method lora: alpha (scale alpha/r); None: r"})
     lora_target_modules: str = field(
-        default=r".*vision_encoder\.layers\.\d+\.attn\.qkv",
-        metadata={"help": "--method lora: regex of the linear layers LoRA adapts (PEFT's target_modules)"},
+        default=r".*vision_encoder\.(layers|backbone\.blocks)\.\d+\.attn\.qkv",
+        metadata={
+            "help": "--method lora: regex of the linear layers LoRA adapts (PEFT's target_modules); by default the "
+            "attention qkv of every image-encoder block: SAM's and SAM-HQ's ViT layers, SAM 2's Hiera blocks"
+        },
     )
     lora_modules_to_save: str | None = field(
         default=None,
@@ -146,9 +151,27 @@ class MedSATrainingArguments:
     max_eval_cases: int | None = field(default=None, metadata={"help": "cap on (volume, class) evaluation cases"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "activation checkpointing per layer"})
     fused_attention: bool = field(
-        default=True, metadata={"help": "SAM's attention without its (HW x HW) bias (--no_fused_attention: SAM's own)"}
+        default=True,
+        metadata={
+            "help": "SAM's attention without its (HW x HW) bias (--no_fused_attention: SAM's own); SAM 2's Hiera has "
+            "no such bias and keeps its attention"
+        },
     )
     compile: bool = field(default=False, metadata={"help": "torch.compile the encoder layers, decoder side"})
+    correction_clicks: int = field(
+        default=0,
+        metadata={
+            "help": "SAM's iterative training: after the sampled prompt, N rounds each adding one click per slice on "
+            "the error of the previous prediction, the loss averaged over all passes (docs/training.md); 0: off"
+        },
+    )
+    correction_input_masks: bool = field(
+        default=True,
+        metadata={
+            "help": "--correction_clicks: feed each round the previous low-resolution logits as input_masks "
+            "(--no_correction_input_masks: clicks only)"
+        },
+    )
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"aliases": ["--resume"], "help": "'latest' or a checkpoint folder"}
     )
@@ -215,6 +238,8 @@ class MedSATrainingArguments:
             raise ValueError(f"--volume_depth above 1 needs --method medsa (SD-Trans is Med-SA's), got {self.method}")
         if self.lora_rank < 1:
             raise ValueError(f"--lora_rank must be at least 1, got {self.lora_rank}")
+        if self.correction_clicks < 0:
+            raise ValueError(f"--correction_clicks must be at least 0 (0: off), got {self.correction_clicks}")
         if self.resume_from_checkpoint is not None:  # last: it reads the checkpoint
             _check_resume(self)
 
@@ -246,6 +271,23 @@ class MedSATrainingArguments:
         if self.dataset_config is None and self.dataset == EMBEDDED_DEFAULT:
             return "3d" if self.volume_depth > 1 else "2d"
         return self.dataset_config
+
+    def prepared_dataset(self) -> PreparedDataset:
+        """The data set these options name, prepared; a folder's held-out cases are drawn with `eval_seed`, so that
+        runs of every training seed are scored on the same cases."""
+        from ..data.builders import prepare_dataset  # datasets: not for `--help`
+
+        return prepare_dataset(
+            self.dataset,
+            self.resolved_dataset_config(),
+            self.data_dir,
+            self.cache_dir,
+            channel=self.channel,
+            modality=self.modality,
+            classes=self.classes,
+            validation_fraction=self.validation_fraction,
+            seed=self.eval_seed,
+        )
 
 
 def _check_model_source(source: str) -> None:

@@ -22,13 +22,13 @@ from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, DistributedType, set_seed
 from huggingface_hub import CommitOperationAdd, HfApi
 from tqdm.auto import tqdm
-from transformers import SamModel, get_scheduler
+from transformers import Sam2Model, get_scheduler
 
 from ..data import PromptSpec, SamFrame, SamTrainingSamples, collate_sam, sam_pixel_values
-from ..data.builders import prepare_dataset
 from ..data.samples import EpochSampler
 from ..evaluation.scoring import evaluate_model
 from ..files import write_json, write_png
+from ..sam_models import load_sam
 from ..tiny_sam import default_model_path
 from ..tuner.fast_paths import compile_sam_layers, use_fused_attention
 from .arguments import MedSATrainingArguments
@@ -40,6 +40,7 @@ from .checkpoints import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from .interactive import CorrectionRounds
 from .losses import DiceBCELoss
 from .methods import (
     count_trainable,
@@ -210,22 +211,12 @@ def train(args: MedSATrainingArguments) -> dict:
     output_dir = Path(args.output_dir)
 
     with accelerator.main_process_first():
-        data = prepare_dataset(
-            args.dataset,
-            args.resolved_dataset_config(),
-            args.data_dir,
-            args.cache_dir,
-            channel=args.channel,
-            modality=args.modality,
-            classes=args.classes,
-            validation_fraction=args.validation_fraction,
-            seed=args.eval_seed,
-        )
+        data = args.prepared_dataset()
     classes = list(data.classes)
     prompt = PromptSpec.parse(args.prompt)
 
     model_source = args.model_name_or_path or str(default_model_path())
-    sam = SamModel.from_pretrained(model_source)
+    sam = load_sam(model_source)  # SamModel, SamHQModel or Sam2Model, by its config
     frame = SamFrame.from_config(sam.config)
     adapter = adapter_settings(method_config(args))  # before get_peft_model fills in PEFT's bookkeeping
     model = trainable_model(sam, args)
@@ -233,7 +224,8 @@ def train(args: MedSATrainingArguments) -> dict:
     logger.info(f"{args.method}: {trainable:,} of {sum(p.numel() for p in model.parameters()):,} parameters train")
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    if args.fused_attention and args.method == "medsa":  # it lives in Med-SA's encoder layers
+    # it lives in Med-SA's ViT encoder layers; SAM 2's Hiera runs transformers' attention kernels already
+    if args.fused_attention and args.method == "medsa" and not isinstance(sam, Sam2Model):
         use_fused_attention(model)
     if args.compile:
         compile_sam_layers(model)
@@ -274,6 +266,11 @@ def train(args: MedSATrainingArguments) -> dict:
     _log_run_summary(len(samples), args, accelerator.num_processes, steps_per_epoch, max_steps)
     loss_fn = DiceBCELoss()
     depth = args.volume_depth if args.volume_depth > 1 else None
+    correction = (
+        CorrectionRounds(args.correction_clicks, frame, args.correction_input_masks, args.seed)
+        if args.correction_clicks
+        else None
+    )
 
     def evaluate(tag: str):
         # Every process runs the evaluation (a sharded FSDP model needs all of them for a forward); the main
@@ -319,6 +316,7 @@ def train(args: MedSATrainingArguments) -> dict:
     )
     losses = LossMonitor(accelerator.device)
     model.train()
+    micro_batch = 0  # of the optimiser step: with the step, it seeds the correction clicks
     while step < max_steps:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
         loader.set_epoch(epoch)
@@ -327,16 +325,21 @@ def train(args: MedSATrainingArguments) -> dict:
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         for batch in batches:
             with accelerator.accumulate(model):
-                out = model(**sam_inputs(batch, frame.image_size, depth), multimask_output=False)
-                loss = loss_fn(out.pred_masks[:, 0, 0], batch["labels"])
+                inputs = sam_inputs(batch, frame.image_size, depth)
+                if correction is None:
+                    loss = loss_fn(model(**inputs, multimask_output=False).pred_masks[:, 0, 0], batch["labels"])
+                else:  # SAM's iterative protocol (training.interactive)
+                    clicks = correction.generator(step, micro_batch, accelerator.process_index)
+                    loss = correction.loss(model, inputs, batch, loss_fn, clicks)
                 losses.add(loss, step)
                 accelerator.backward(loss)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
+            micro_batch += 1
             if not accelerator.sync_gradients:
                 continue
-            step += 1
+            step, micro_batch = step + 1, 0
             progress.update(1)
             evaluating = args.eval_every and step % args.eval_every == 0 and step < max_steps
             saving = args.checkpointing_steps and step % args.checkpointing_steps == 0
@@ -394,6 +397,7 @@ def train(args: MedSATrainingArguments) -> dict:
             classes,
             step,
             method=args.method,
+            model_class=type(sam).__name__,
         )
         card.save(adapter_dir / "README.md")
         logger.info(metrics_table(before, after, classes))

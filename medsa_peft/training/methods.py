@@ -1,6 +1,6 @@
 """The ways to adapt SAM that `examples/train.py --method` trains, all through the same loop, loss and evaluation.
 
-    model = trainable_model(SamModel.from_pretrained(...), args)   # what trains has requires_grad=True
+    model = trainable_model(load_sam(...), args)   # what trains has requires_grad=True
     ...
     save_trained_model(model, output_dir / saved_model_folder(args.method), state_dict, base_model)
 
@@ -8,13 +8,14 @@
 |---|---|---|
 | `medsa` | the Med-SA adapters of `args.medsa_config()` | `adapter/`: a PEFT adapter (peft_type MEDSA) |
 | `lora` | PEFT LoRA on `--lora_target_modules` (+ `--lora_modules_to_save` in full) | `adapter/`: a PEFT LoRA adapter |
-| `decoder` | SAM's mask decoder; the image and prompt encoders stay frozen | `model/`: the whole SamModel |
-| `full` | every weight of SAM | `model/`: the whole SamModel |
+| `decoder` | SAM's mask decoder; the image and prompt encoders stay frozen | `model/`: the whole model |
+| `full` | every weight of SAM | `model/`: the whole model |
 
-A fine-tuned decoder or SAM is saved whole, with `SamModel.save_pretrained`: it loads with
-`SamModel.from_pretrained` and serves anywhere a SAM does (as `--model_name_or_path`, or the base model of an
-adapter), at the size of SAM; a decoder-only state dict would need a loader of its own. The adapters are saved
-alone, as PEFT saves them.
+Every method runs on each model `sam_models.load_sam` loads (SamModel, SamHQModel, Sam2Model); the default LoRA
+targets are the qkv of both the ViT layers and the Hiera blocks. A fine-tuned decoder or SAM is saved whole, with
+`save_pretrained`: it loads with `from_pretrained` of its class (or `load_sam`) and serves anywhere a SAM does (as
+`--model_name_or_path`, `medsa-peft predict --model`, or the base model of an adapter), at the size of SAM; a
+decoder-only state dict would need a loader of its own. The adapters are saved alone, as PEFT saves them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftConfig, PeftModel, get_peft_model
-from transformers import SamModel
+from transformers import PreTrainedModel
 
 from .arguments import MedSATrainingArguments
 
@@ -63,7 +64,7 @@ def method_config(args: MedSATrainingArguments) -> PeftConfig | None:
     return None
 
 
-def trainable_model(sam: SamModel, args: MedSATrainingArguments) -> torch.nn.Module:
+def trainable_model(sam: PreTrainedModel, args: MedSATrainingArguments) -> torch.nn.Module:
     """`sam` made ready to train by `args.method`: a PeftModel for the adapter methods, else `sam` itself with only
     the mask decoder (`decoder`) or every parameter (`full`) requiring gradients. Raises ValueError when the LoRA
     targets match no layer of `sam`."""
@@ -108,7 +109,7 @@ def save_trained_model(
     base_model: str | None,
 ) -> Path:
     """Write what trained into `directory`: a PeftModel's adapter (`save_pretrained`, naming `base_model`, a Hub id
-    or None for a local base), or a whole SamModel. `state_dict` is the full model's (Accelerate's
+    or None for a local base), or a whole SAM model. `state_dict` is the full model's (Accelerate's
     `get_state_dict`, which gathers sharded weights). Returns `directory`."""
     directory = Path(directory)
     if isinstance(model, PeftModel):

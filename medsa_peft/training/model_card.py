@@ -75,10 +75,12 @@ def build_model_card(
     classes: list[str],
     steps: int,
     method: str = "medsa",
+    model_class: str = "SamModel",
 ) -> ModelCard:
-    """A model card for what `medsa_peft` trained by `method` (an adapter of PEFT `config`, or a whole SamModel for
-    `config=None`), with the Hub's metadata: `base_model` (a Hub id, left out for a local base), the metrics and a
-    model-index of the evaluation results after training."""
+    """A model card for what `medsa_peft` trained by `method` (an adapter of PEFT `config`, or a whole model for
+    `config=None`) on a transformers `model_class` (SamModel, SamHQModel, Sam2Model), with the Hub's metadata:
+    `base_model` (a Hub id, left out for a local base), the metrics and a model-index of the evaluation results
+    after training."""
     name = f"{method}-{dataset.rsplit('/', 1)[-1]}-{dataset_config}"  # a Hub data set id's own name, no "/"
     results = [
         EvalResult(
@@ -114,12 +116,12 @@ def build_model_card(
     load_base = base_model or "<the SAM it was trained on>"
     title, summary = METHOD_TEXTS[method]
     if config is None:
-        use = 'from transformers import SamModel\n\nmodel = SamModel.from_pretrained("<this repo or folder>")'
+        use = f'from transformers import {model_class}\n\nmodel = {model_class}.from_pretrained("<this repo or folder>")'
         configuration = ""
     else:
         use = (
-            "from peft import PeftModel\nfrom transformers import SamModel\n\nmodel = PeftModel.from_pretrained("
-            f'SamModel.from_pretrained("{load_base}"), "<this repo or folder>")'
+            f"from peft import PeftModel\nfrom transformers import {model_class}\n\nmodel = PeftModel.from_pretrained("
+            f'{model_class}.from_pretrained("{load_base}"), "<this repo or folder>")'
         )
         if method == "medsa":
             use = "import medsa_peft  # registers the MEDSA PEFT type: import it before loading\n" + use

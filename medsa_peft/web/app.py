@@ -65,25 +65,9 @@ def load_demo_predictor(
     """
     from ..tiny_sam import default_model_path
 
-    if adapter is not None:
-        if model is None and not _names_base_model(adapter):
-            model = default_model_path()
-        return MedSAPredictor.from_pretrained(adapter, model, device=device, dtype=dtype, progress=False)
-    from transformers import SamModel
-
-    from ..data.preprocess import SamFrame
-    from ..inference.predictor import DTYPES, _usable_device
-
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {tuple(DTYPES)}")
-    usable = _usable_device(device)
-    source = str(model or default_model_path())
-    try:
-        sam = SamModel.from_pretrained(source, dtype=DTYPES[dtype])
-    except OSError as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise FileNotFoundError(f"cannot load the SAM model {source!r} ({reason})") from error
-    return MedSAPredictor(sam.to(usable), progress=False, frame=SamFrame.from_config(sam.config), depth_adapter=False)
+    if model is None and (adapter is None or not _names_base_model(adapter)):
+        model = default_model_path()
+    return MedSAPredictor.from_pretrained(adapter, model, device=device, dtype=dtype, progress=False)
 
 
 def _names_base_model(adapter: str | os.PathLike) -> bool:
