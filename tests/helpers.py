@@ -26,13 +26,14 @@ class LocalHub:
 
     Repositories live in `$HF_HOME/hub/models--org--name/` (data sets: `datasets--org--name/`) with `refs/main`
     and `snapshots/<hash>/`, the layout `huggingface_hub` reads with `HF_HUB_OFFLINE=1`. `install()` routes
-    `HfApi.create_repo` and `HfApi.create_commit` here, so `push_to_hub` "uploads" into the cache and loading by
+    `HfApi.create_repo`, `HfApi.create_commit` and `HfApi.upload_folder` here, so `push_to_hub` "uploads" into the cache and loading by
     repo id then works offline.
     """
 
     def __init__(self, hf_home: str | os.PathLike):
         self.cache = Path(hf_home) / "hub"
         self.commits: list[dict] = []
+        self.uploaded_folders: list[str] = []  # repositories that `HfApi.upload_folder` wrote
 
     def _repo_dir(self, repo_id: str, repo_type: str | None) -> Path:
         return self.cache / f"{repo_type or 'model'}s--{repo_id.replace('/', '--')}"
@@ -41,11 +42,11 @@ class LocalHub:
         repo_dir = self._repo_dir(repo_id, repo_type)
         return repo_dir / "snapshots" / (repo_dir / "refs" / "main").read_text()
 
-    def publish_folder(self, repo_id: str, folder: str | os.PathLike) -> Path:
+    def publish_folder(self, repo_id: str, folder: str | os.PathLike, repo_type: str | None = None) -> Path:
         """Put every file of `folder` into a new commit of `repo_id`; returns the snapshot folder."""
         folder = Path(folder)
         files = {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
-        return self._commit(repo_id, files)
+        return self._commit(repo_id, files, repo_type)
 
     def _commit(self, repo_id: str, files: dict[str, bytes], repo_type: str | None = None) -> Path:
         repo_dir = self._repo_dir(repo_id, repo_type)
@@ -74,8 +75,13 @@ class LocalHub:
         snapshot = self._commit(repo_id, files, kwargs.get("repo_type"))
         return SimpleNamespace(commit_url=f"local-hub://{repo_id}/commit/{snapshot.name}", oid=snapshot.name)
 
+    def upload_folder(self, repo_id: str, folder_path: str | os.PathLike, **kwargs) -> SimpleNamespace:
+        self.uploaded_folders.append(repo_id)
+        snapshot = self.publish_folder(repo_id, folder_path, kwargs.get("repo_type"))
+        return SimpleNamespace(commit_url=f"local-hub://{repo_id}/commit/{snapshot.name}", oid=snapshot.name)
+
     def install(self, set_attribute=setattr) -> None:
-        """Route `HfApi.create_repo` / `HfApi.create_commit` of every HfApi instance to this stand-in.
+        """Route `HfApi.create_repo` / `create_commit` / `upload_folder` of every HfApi instance to this stand-in.
 
         In pytest pass `monkeypatch.setattr` so the patch is undone after the test.
         """
@@ -84,6 +90,11 @@ class LocalHub:
             HfApi,
             "create_commit",
             lambda api, repo_id, operations, **kwargs: self.create_commit(repo_id, operations, **kwargs),
+        )
+        set_attribute(
+            HfApi,
+            "upload_folder",
+            lambda api, *, repo_id, folder_path, **kwargs: self.upload_folder(repo_id, folder_path, **kwargs),
         )
 
 

@@ -59,6 +59,7 @@ def test_export_push_then_train_on_the_hub_id_with_the_card_classes(tmp_path, hu
     ])
     assert status == 0
 
+    assert hub.uploaded_folders == ["someone/mni-tissue"]  # the export folder as written, through upload_folder
     uploaded = hub.snapshot_dir("someone/mni-tissue", repo_type="dataset")
     assert sorted(path.relative_to(uploaded).as_posix() for path in uploaded.rglob("*") if path.is_file()) == [
         "README.md", "data/train-00000-of-00001.parquet", "data/validation-00000-of-00001.parquet",

@@ -165,6 +165,7 @@ def test_push_to_hub_uploads_a_folder_that_loads(tiny_sam_dir, dataset_cache, tm
         hub_model_id="someone/medsa-mni",
     )
     metrics = train(args)
+    assert hub.uploaded_folders == ["someone/medsa-mni"]  # the adapter folder as written, through upload_folder
     uploaded = hub.snapshot_dir("someone/medsa-mni")
     assert sorted(p.name for p in uploaded.iterdir()) == [
         "README.md",

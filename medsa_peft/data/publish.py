@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import datasets
 import numpy as np
 import pyarrow.compute as pc
-from huggingface_hub import CommitOperationAdd, DatasetCard, DatasetCardData, HfApi, snapshot_download
+from huggingface_hub import DatasetCard, DatasetCardData, HfApi, snapshot_download
 
 from datasets_scripts._common import CorruptDataError, MissingDataError, export_parquet
 from datasets_scripts.folder import detect_layout
@@ -206,20 +206,15 @@ def export_dataset(
 
 
 def push_dataset(folder: str | os.PathLike, repo_id: str, private: bool = False, token: str | None = None) -> str:
-    """Upload an exported folder to the Hub data set `repo_id` as one commit; returns the commit's URL.
+    """Upload an exported folder to the Hub data set `repo_id`; returns the commit's URL.
 
     The card lists the exact shard files of this export, so shards left in the repository by an earlier,
     larger export are not read."""
     folder = Path(folder)
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True).repo_id
-    operations = [
-        CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=str(path))
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    ]
-    commit = api.create_commit(
-        repo_id=repo_id, repo_type="dataset", operations=operations, commit_message="Upload data set (medsa-peft)"
+    commit = api.upload_folder(
+        repo_id=repo_id, repo_type="dataset", folder_path=folder, commit_message="Upload data set (medsa-peft)"
     )
     logger.info(f"pushed {folder.name} to the Hub as the data set {repo_id}")
     return commit.commit_url

@@ -20,7 +20,7 @@ import transformers
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, DistributedType, set_seed
-from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub import HfApi
 from tqdm.auto import tqdm
 from transformers import Sam2Model, get_scheduler
 
@@ -409,13 +409,8 @@ def train(args: MedSATrainingArguments) -> dict:
 
 
 def _push(adapter_dir: Path, repo_id: str) -> None:
-    """Upload the adapter folder (weights, config, model card) as one commit."""
+    """Upload the adapter folder (weights, config, model card) as it was written."""
     api = HfApi()
     repo_id = api.create_repo(repo_id, exist_ok=True).repo_id
-    operations = [
-        CommitOperationAdd(path_in_repo=path.relative_to(adapter_dir).as_posix(), path_or_fileobj=str(path))
-        for path in sorted(adapter_dir.rglob("*"))
-        if path.is_file()
-    ]
-    api.create_commit(repo_id=repo_id, operations=operations, commit_message="Upload Med-SA adapter")
+    api.upload_folder(repo_id=repo_id, folder_path=adapter_dir, commit_message="Upload Med-SA adapter")
     logger.info(f"pushed {adapter_dir.name} to the Hub as {repo_id}")
