@@ -16,11 +16,11 @@ import yaml
 from huggingface_hub import snapshot_download
 
 from datasets_scripts._common import CorruptDataError, MissingDataError
-from helpers import LocalHub, tiny_sam_model
+from helpers import LocalHub, quick_training
 from medsa_peft.cli import main
 from medsa_peft.data.builders import prepare_dataset
 from medsa_peft.data.publish import export_dataset
-from medsa_peft.training import MedSATrainingArguments, train
+from medsa_peft.training import train
 from folder_layouts import write_msd, write_pictures
 
 
@@ -51,7 +51,7 @@ def no_machine_path(folder: Path, *paths: Path) -> bool:
 # The Hub round trip
 
 
-def test_export_push_then_train_on_the_hub_id_with_the_card_classes(tmp_path, hub, mni_cases):
+def test_export_push_then_train_on_the_hub_id_with_the_card_classes(tmp_path, hub, mni_cases, tiny_sam_dir):
     folder = write_msd(tmp_path / "Task99_MNI", mni_cases)
     status = main([
         "export-dataset", str(folder), str(tmp_path / "export"), "--push_to_hub", "someone/mni-tissue",
@@ -77,19 +77,9 @@ def test_export_push_then_train_on_the_hub_id_with_the_card_classes(tmp_path, hu
     assert set(loaded) == {"train", "validation"} and isinstance(loaded["train"].features["image"], datasets.Nifti)
     assert loaded["train"][0]["image"].shape == (32, 26, 3)
 
-    sam_dir = tmp_path / "sam"
-    tiny_sam_model().save_pretrained(sam_dir)
-    args = MedSATrainingArguments(
-        model_name_or_path=str(sam_dir),
-        dataset="someone/mni-tissue",
-        cache_dir=str(tmp_path / "cache"),
-        output_dir=str(tmp_path / "run"),
-        max_steps=2,
-        eval_every=0,
-        checkpointing_steps=0,
-        max_eval_cases=2,
-        report_to="none",
-        num_workers=0,
+    args = quick_training(
+        tiny_sam_dir, str(tmp_path / "cache"), tmp_path / "run", dataset="someone/mni-tissue", max_steps=2,
+        max_eval_cases=2, num_workers=0,
     )
     train(args)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

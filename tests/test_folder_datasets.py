@@ -15,7 +15,7 @@ from transformers import HfArgumentParser
 from datasets_scripts._common import CorruptDataError, MissingDataError
 from datasets_scripts.folder import canonical_modality
 from folder_layouts import DEPTH, TISSUES, save, write_msd, write_nnunet_v2, write_pictures
-from helpers import tiny_sam_model
+from helpers import quick_training
 from medsa_peft.data.builders import prepare_dataset
 from medsa_peft.training import MedSATrainingArguments, train
 
@@ -155,20 +155,10 @@ def test_label_picture_folder_has_a_class_per_value_named_by_classes_json(tmp_pa
     )
 
 
-def test_training_on_a_folder_reports_its_class_names(tmp_path, mni_cases):
+def test_training_on_a_folder_reports_its_class_names(tmp_path, mni_cases, tiny_sam_dir):
     folder = write_msd(tmp_path / "Task99_MNI", mni_cases)
-    sam_dir = tmp_path / "sam"
-    tiny_sam_model().save_pretrained(sam_dir)
-    args = MedSATrainingArguments(
-        model_name_or_path=str(sam_dir),
-        dataset=str(folder),
-        cache_dir=str(tmp_path / "cache"),
-        output_dir=str(tmp_path / "run"),
-        max_steps=2,
-        eval_every=0,
-        checkpointing_steps=0,
-        max_eval_cases=2,
-        report_to="none",
+    args = quick_training(
+        tiny_sam_dir, str(tmp_path / "cache"), tmp_path / "run", dataset=str(folder), max_steps=2, max_eval_cases=2,
         num_workers=0,
     )
     train(args)

@@ -11,7 +11,7 @@ from medsa_peft.data import PromptSpec
 from medsa_peft.evaluation.scoring import SHOWCASE_MIN_SIZE, evaluate_model
 from medsa_peft.inference import Box3D, MedSAPredictor
 from medsa_peft.overlay import SWATCH, class_colour, figure, legend, radiological
-from test_scoring import FRAME, BoxOracle
+from test_scoring import FRAME, BoxOracle, volume_split
 
 # stored with rows running to posterior and columns to the patient's left: canonical slices are the flipped transpose
 SWAPPED_LPS = np.array([[0.0, -1.5, 0.0, 0.0], [-1.5, 0.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
@@ -20,25 +20,6 @@ SWAPPED_LPS = np.array([[0.0, -1.5, 0.0, 0.0], [-1.5, 0.0, 0.0, 0.0], [0.0, 0.0,
 def colour_pixels(picture: Image.Image | np.ndarray, colour) -> np.ndarray:
     """(row, column) of every pixel of exactly this RGB colour."""
     return np.argwhere((np.asarray(picture)[..., :3] == colour).all(axis=-1))
-
-
-def volume_split(image: np.ndarray, label: np.ndarray, affine: np.ndarray) -> datasets.Dataset:
-    return datasets.Dataset.from_dict(
-        {
-            "id": ["vol"],
-            "image": [nib.Nifti1Image(image, affine)],
-            "label": [nib.Nifti1Image(label, affine)],
-            "spacing": [[1.5, 1.5, 3.0]],
-        },
-        features=datasets.Features(
-            {
-                "id": datasets.Value("string"),
-                "image": datasets.Nifti(),
-                "label": datasets.Nifti(),
-                "spacing": datasets.Sequence(datasets.Value("float32")),
-            }
-        ),
-    )
 
 
 def test_class_colours_differ():

@@ -102,12 +102,9 @@ def test_2d_scores_are_2d_metrics_of_the_prediction_on_the_original_grid():
     assert evaluation.summary["hd95/box"] > 0
 
 
-def test_box_oracle_on_a_volume_uses_depth_windows_and_predicts_nothing_outside_the_object():
-    label = np.zeros((32, 64, 10), dtype=np.uint8)
-    label[10:30, 5:25, 3:8] = 2  # slices 3..7 hold the object
-    image = np.random.default_rng(1).normal(size=label.shape).astype(np.float32)
-    affine = np.diag([1.5, 1.5, 3.0, 1.0])
-    split = datasets.Dataset.from_dict(
+def volume_split(image: np.ndarray, label: np.ndarray, affine: np.ndarray) -> datasets.Dataset:
+    """An evaluation split of one NIfTI volume and its label map, spacing 1.5 x 1.5 x 3 mm."""
+    return datasets.Dataset.from_dict(
         {
             "id": ["vol"],
             "image": [nib.Nifti1Image(image, affine)],
@@ -123,6 +120,14 @@ def test_box_oracle_on_a_volume_uses_depth_windows_and_predicts_nothing_outside_
             }
         ),
     )
+
+
+def test_box_oracle_on_a_volume_uses_depth_windows_and_predicts_nothing_outside_the_object():
+    label = np.zeros((32, 64, 10), dtype=np.uint8)
+    label[10:30, 5:25, 3:8] = 2  # slices 3..7 hold the object
+    image = np.random.default_rng(1).normal(size=label.shape).astype(np.float32)
+    affine = np.diag([1.5, 1.5, 3.0, 1.0])
+    split = volume_split(image, label, affine)
     oracle = BoxOracle()
     evaluation = evaluate_model(
         oracle, split, {"organ": (2,)}, "mri", FRAME, PromptSpec("box"), depth=4, progress=False
