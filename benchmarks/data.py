@@ -395,7 +395,7 @@ def job_e2e(options: dict) -> dict:
         loader = train_loader(samples, batch_size, workers, pin_memory=False)
 
         def step(batch, index):
-            out = model(**sam_inputs(batch, frame.image_size, None), multimask_output=False)
+            out = model(**sam_inputs(batch, frame, None), multimask_output=False)
             loss = loss_fn(out.pred_masks[:, 0, 0], batch["labels"])
             losses.add(loss, index)
             loss.backward()

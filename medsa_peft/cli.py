@@ -128,6 +128,11 @@ def _run_predict(args: argparse.Namespace) -> None:
     from .io import file_suffix, read_image
 
     prompt = _prompt(args)
+    if args.propagate is not None and (args.multimask or args.box is not None and len(args.box) == 6):
+        raise ValueError(
+            "--propagate takes a 2D prompt on slice Z (--box x0,y0,x1,y1 and / or --point x,y); a 3D --box and "
+            "--multimask do not apply"
+        )
     cases = prediction_cases(args.input, args.channel)
     outputs = _output_paths(cases, args.output, args.overlay)
     predictor = MedSAPredictor.from_pretrained(
@@ -140,18 +145,18 @@ def _run_predict(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         compile=args.compile,
         fused_attention=args.fused_attention,
+        video=args.propagate is not None,
     )
     for channels, count in sorted(Counter(case.channels for case in cases if case.channels > 1).items()):
         print(f"{count} of the cases have {channels} channel files: channel _{args.channel:04d} is segmented")
     failed = []
     for case, (mask_path, overlay_path) in zip(tqdm(cases, desc="cases", unit="case"), outputs, strict=True):
         try:
-            prediction = predictor.predict_image(
-                read_image(case.source, max_bytes=args.max_image_bytes),
-                prompt,
-                modality=args.modality,
-                multimask=args.multimask,
-            )
+            image = read_image(case.source, max_bytes=args.max_image_bytes)
+            if args.propagate is not None:
+                prediction = predictor.propagate_image(image, args.propagate, prompt, modality=args.modality)
+            else:
+                prediction = predictor.predict_image(image, prompt, modality=args.modality, multimask=args.multimask)
             written = [prediction.save(mask_path)]
             if args.multimask:  # beside the mask: <mask name>_scores.json
                 stem = mask_path.name[: len(mask_path.name) - len(file_suffix(mask_path))]
@@ -220,6 +225,13 @@ def add_predict_command(subparsers) -> None:
         action="store_true",
         help="SAM's three candidate masks per slice, the highest predicted IoU written; the IoU scores go to "
         "<mask name>_scores.json beside the mask",
+    )
+    parser.add_argument(
+        "--propagate",
+        type=int,
+        metavar="Z",
+        help="a SAM 2 video model (a sam2_video --model) tracks the mask of the 2D --box / --point given on slice Z "
+        "through the whole volume, as through the frames of a video",
     )
     parser.add_argument(
         "--modality", choices=MODALITIES, help="intensity normalisation (default: DICOM tag; pictures: photo)"

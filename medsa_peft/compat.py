@@ -49,6 +49,7 @@ __all__ = [
     "PEFT_TYPE_TO_CONFIG_MAPPING",
     "PEFT_TYPE_TO_PREFIX_MAPPING",
     "PEFT_TYPE_TO_TUNER_MAPPING",
+    "SAM2_VIDEO_SESSION_PARTS",
     "SAM_TWO_WAY_BLOCK_PARTS",
     "SAM_VISION_ATTENTION_PARTS",
     "SAM_VISION_LAYER_PARTS",
@@ -95,6 +96,11 @@ SAM_TWO_WAY_BLOCK_PARTS = (
     "layer_norm4",
     "skip_first_layer_pe",
 )
+# transformers: the methods and attribute of `Sam2VideoInferenceSession` through which Sam2VideoProcessor's
+# `add_inputs_to_inference_session` files a frame and a prompt (the session class is public, these members are not
+# documented). The predictor frames slices itself (the processor's video processor needs torchvision), so it files
+# them the same way (`MedSAPredictor.propagate_masks`).
+SAM2_VIDEO_SESSION_PARTS = ("add_new_frame", "obj_id_to_idx", "add_point_inputs", "obj_with_new_inputs")
 
 
 def forward_hooks(module: torch.nn.Module) -> Iterator[tuple[Callable[..., Any], bool]]:

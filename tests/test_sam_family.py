@@ -477,7 +477,7 @@ def test_a_sam2_video_checkpoint_loads_as_the_image_predictor_and_other_models_a
 @pytest.mark.parametrize("height, width", [(64, 64), (128, 128), (40, 40)])
 def test_square_slices_get_sam2_processors_coordinates(height, width):
     """SAM 2's processor stretches every image to the square frame; on square slices SAM's long-side frame is the
-    same resize, so the coordinates agree (non-square slices: docs/design.md, "The SAM family")."""
+    same resize, so the coordinates agree (non-square slices, in SAM 2's own frame: tests/test_sam2_frame.py)."""
     box = np.array([[0.2 * width, 0.1 * height, 0.9 * width, 0.7 * height]], np.float32)
     points = np.array([[0.5 * width, 0.5 * height], [0.25 * width, 0.6 * height]], np.float32)
     for coordinates, is_box in ((box, True), (points, False)):

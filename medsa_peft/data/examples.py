@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from ..io import GREY_PICTURE_MODES, Reorientation
-from .preprocess import frame_images, normalize_intensity
+from .preprocess import SamFrame, frame_images, normalize_intensity
 
 __all__ = [
     "DecodedExample",
@@ -45,10 +45,10 @@ class DecodedExample:
         """(H, W, D) bool over slices `start:stop`: the voxels whose label is one of `values`."""
         return class_mask(self.label[:, :, start:stop], values)
 
-    def sam_pixel_values(self, image_size: int, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """Slices `start:stop` of the depth axis in SAM's frame: (D, 3, S, S) float32."""
+    def sam_pixel_values(self, frame: SamFrame | int, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Slices `start:stop` of the depth axis in SAM's `frame` (`frame_images`): (D, 3, S, S) float32."""
         slices = np.moveaxis(self.image[:, :, start:stop], 2, 0)
-        return frame_images(slices[..., 0] if slices.shape[-1] == 1 else slices, image_size)
+        return frame_images(slices[..., 0] if slices.shape[-1] == 1 else slices, frame)
 
 
 def class_mask(label: np.ndarray, values: Sequence[int]) -> np.ndarray:

@@ -2,9 +2,12 @@
 
 SAM sees a square `image_size` x `image_size` (S x S) frame: the slice is resized so that its long side
 is S (bilinear, anti-aliased when it shrinks: the triangle filter of PIL and of SAM's own image processor),
-normalised with SAM's pixel mean and std, and zero padded at the bottom and right. 8-bit pictures are shrunk as
-8-bit values, before scaling them (training samples in `medsa_peft.data.store`, `frame_images` given uint8), as
-transformers' SamImageProcessor does; everything else is resized in float32. Its masks come out at the
+normalised with SAM's pixel mean and std, and zero padded at the bottom and right. SAM 2's frame
+(`SamFrame.keep_aspect_ratio` False, as its Sam2Processor frames) stretches the slice to S x S instead: each axis is
+resized on its own, prompt coordinates scale by (S / W, S / H), and mask logits go straight back to (H, W); every
+function here follows the frame it is given (an int S stands for SAM's long-side frame of S). 8-bit pictures are
+shrunk as 8-bit values, before scaling them (training samples in `medsa_peft.data.store`, `frame_images` given
+uint8), as transformers' SamImageProcessor does; everything else is resized in float32. Its masks come out at the
 mask-decoder resolution s = 4 * (S / patch_size) and are mapped back to the original pixel grid by
 `sam_logits_to_original`, SamImageProcessor's own post-processing.
 
@@ -49,20 +52,34 @@ MRI_PERCENTILES = (0.5, 99.5)
 
 @dataclass(frozen=True)
 class SamFrame:
-    """Sizes of SAM's input frame (`image_size`, S) and of its mask-decoder output (`mask_size`, s)."""
+    """Sizes of SAM's input frame (`image_size`, S) and of its mask-decoder output (`mask_size`, s), and how a slice
+    goes into the frame: `keep_aspect_ratio` True (SAM, SAM-HQ) resizes its long side to S and zero pads the rest;
+    False (the SAM 2 family) stretches it to S x S, each axis on its own, as their processors do."""
 
     image_size: int
     mask_size: int
+    keep_aspect_ratio: bool = True
 
     @classmethod
     def from_config(cls, config: SamConfig) -> SamFrame:
         """The frame of a SAM built from `config`: s = 4 * image_embedding_size (256 for real SAM and SAM 2).
 
         SAM and SAM-HQ: the ViT's image size over its patch size. SAM 2 (a `Sam2Config`, whose Hiera has no single
-        patch size): its prompt encoder's, which match the lowest-resolution feature map the mask decoder reads.
+        patch size): its prompt encoder's, which match the lowest-resolution feature map the mask decoder reads; its
+        frame stretches slices to the square (`keep_aspect_ratio` False).
         """
-        sizes = config.vision_config if hasattr(config.vision_config, "patch_size") else config.prompt_encoder_config
-        return cls(image_size=sizes.image_size, mask_size=4 * (sizes.image_size // sizes.patch_size))
+        vit = hasattr(config.vision_config, "patch_size")
+        sizes = config.vision_config if vit else config.prompt_encoder_config
+        return cls(
+            image_size=sizes.image_size, mask_size=4 * (sizes.image_size // sizes.patch_size), keep_aspect_ratio=vit
+        )
+
+
+def _framing(frame: SamFrame | int) -> tuple[int, bool]:
+    """(S, whether the aspect ratio is kept) of `frame`; an int S is SAM's long-side frame of S."""
+    if isinstance(frame, SamFrame):
+        return frame.image_size, frame.keep_aspect_ratio
+    return frame, True
 
 
 def _mri_range(image: np.ndarray) -> tuple[float, float]:
@@ -111,8 +128,12 @@ def normalize_intensity(
     return convert_to_numpy(scale(image.astype(np.float32)), dtype=np.float32)
 
 
-def resized_shape(original_size: tuple[int, int], image_size: int) -> tuple[int, int]:
-    """(h, w) of an (H, W) slice after the long-side resize to `image_size`, rounded as SAM rounds."""
+def resized_shape(original_size: tuple[int, int], frame: SamFrame | int) -> tuple[int, int]:
+    """(h, w) of an (H, W) slice resized into `frame`: the long side resized to S, rounded as SAM rounds, or (S, S)
+    for a frame that does not keep the aspect ratio."""
+    image_size, keep_aspect_ratio = _framing(frame)
+    if not keep_aspect_ratio:
+        return image_size, image_size
     height, width = original_size
     scale = image_size / max(height, width)
     return int(height * scale + 0.5), int(width * scale + 0.5)
@@ -129,14 +150,15 @@ def covering_windows(first: int, stop: int, size: int, total: int, overlap: int 
     return [range(start, start + size) for start in sorted({min(max(start, 0), total - size) for start in starts})]
 
 
-def resize_long_side(images: torch.Tensor, image_size: int) -> torch.Tensor:
-    """(N, C, H, W) uint8 or float -> (N, C, h, w) of the same dtype, the long side resized to `image_size`.
+def resize_long_side(images: torch.Tensor, frame: SamFrame | int) -> torch.Tensor:
+    """(N, C, H, W) uint8 or float -> (N, C, h, w) of the same dtype, (h, w) = `resized_shape` in `frame`: the long
+    side resized to S, or both sides to S in a frame that does not keep the aspect ratio.
 
     Bilinear with torch's anti-aliasing (a triangle filter as wide as the shrink factor, PIL's filter; plain
     bilinear when enlarging). uint8 images are resized as 8-bit values (rounded), in channels-last order,
     torch's fast path for them.
     """
-    size = resized_shape(tuple(images.shape[-2:]), image_size)
+    size = resized_shape(tuple(images.shape[-2:]), frame)
     if size == tuple(images.shape[-2:]):
         return images
     if images.dtype == torch.uint8:
@@ -156,12 +178,12 @@ def _normalise_into(out: torch.Tensor, images: torch.Tensor) -> None:
 
 
 def sam_pixel_values(
-    images: torch.Tensor, image_sizes: Sequence[Sequence[int]], image_size: int
+    images: torch.Tensor, image_sizes: Sequence[Sequence[int]], frame: SamFrame | int
 ) -> torch.Tensor:
     """Batched images -> SAM pixel values (N, 3, S, S) float32, on the images' device.
 
     `images` (N, C, H, W) holds image i in its top-left `image_sizes[i]` (h, w) corner: uint8 8-bit values
-    (scaled by 1 / 255 first) or float32 in [0, 1], C = 1 (grey) or 3. Each is resized on its long side to S
+    (scaled by 1 / 255 first) or float32 in [0, 1], C = 1 (grey) or 3. Each is resized into `frame`
     (`resize_long_side`, in float32), normalised with SAM's mean and std, and zero padded, as `frame_images`
     does. Meant for the accelerator: workers send compact images (`collate_sam`), the device frames them. Runs
     of images of one size (the slices of a volume) are framed together.
@@ -170,6 +192,7 @@ def sam_pixel_values(
         raise ValueError(
             f"expected images (N, 1 or 3, H, W) and N sizes, got shape {tuple(images.shape)}, {len(image_sizes)} sizes"
         )
+    image_size, _ = _framing(frame)
     out = torch.zeros(images.shape[0], 3, image_size, image_size, dtype=torch.float32, device=images.device)
     first = 0
     while first < len(image_sizes):
@@ -179,13 +202,13 @@ def sam_pixel_values(
             stop += 1
         stack = images[first:stop, :, : size[0], : size[1]]
         scaled = stack.float() / 255.0 if stack.dtype == torch.uint8 else stack.float()
-        _normalise_into(out[first:stop], resize_long_side(scaled, image_size))
+        _normalise_into(out[first:stop], resize_long_side(scaled, frame))
         first = stop
     return out
 
 
-def frame_images(images: np.ndarray | torch.Tensor, image_size: int) -> torch.Tensor:
-    """Slices -> SAM pixel values (N, 3, S, S) float32.
+def frame_images(images: np.ndarray | torch.Tensor, frame: SamFrame | int) -> torch.Tensor:
+    """Slices -> SAM pixel values (N, 3, S, S) float32, resized into `frame` (`resize_long_side`).
 
     `images` is (N, H, W) grey (replicated to 3 channels) or (N, H, W, 3) colour: float in [0, 1], or uint8 8-bit
     values, which are resized as 8 bits and then scaled by 1 / 255 (as the training store and SamImageProcessor
@@ -201,7 +224,8 @@ def frame_images(images: np.ndarray | torch.Tensor, image_size: int) -> torch.Te
         images = images.permute(0, 3, 1, 2)
     else:
         raise ValueError(f"expected slices (N, H, W) or (N, H, W, 3), got shape {tuple(images.shape)}")
-    resized = resize_long_side(images, image_size)
+    resized = resize_long_side(images, frame)
+    image_size, _ = _framing(frame)
     out = torch.zeros(images.shape[0], 3, image_size, image_size)
     _normalise_into(out, resized.float() / 255.0 if resized.dtype == torch.uint8 else resized)
     return out
@@ -227,14 +251,15 @@ def _framed_sources(size: int, framed_size: int, image_size: int, output_size: i
     return sources if output_size == image_size else sources[_nearest_sources(image_size, output_size)]
 
 
-def _framed_masks(masks: np.ndarray | torch.Tensor, image_size: int, output_size: int) -> torch.Tensor:
-    """Binary masks (N, H, W) -> (N, output_size, output_size) bool: nearest-neighbour ("nearest-exact") resize of
-    the long side to `image_size`, zero padding, nearest-neighbour resize to `output_size`, as picked pixels."""
+def _framed_masks(masks: np.ndarray | torch.Tensor, frame: SamFrame | int, output_size: int) -> torch.Tensor:
+    """Binary masks (N, H, W) -> (N, output_size, output_size) bool: nearest-neighbour ("nearest-exact") resize into
+    `frame` (`resized_shape`), zero padding, nearest-neighbour resize to `output_size`, as picked pixels."""
     masks = np.asarray(masks)
     if masks.ndim != 3:
         raise ValueError(f"expected masks (N, H, W), got shape {masks.shape}")
     height, width = masks.shape[1:]
-    framed_height, framed_width = resized_shape((height, width), image_size)
+    image_size, _ = _framing(frame)
+    framed_height, framed_width = resized_shape((height, width), frame)
     rows = _framed_sources(height, framed_height, image_size, output_size)
     cols = _framed_sources(width, framed_width, image_size, output_size)
     picked = masks[:, np.minimum(rows, height - 1)[:, None], np.minimum(cols, width - 1)[None, :]].astype(bool)
@@ -242,43 +267,50 @@ def _framed_masks(masks: np.ndarray | torch.Tensor, image_size: int, output_size
     return torch.from_numpy(picked)
 
 
-def frame_masks(masks: np.ndarray | torch.Tensor, image_size: int) -> torch.Tensor:
+def frame_masks(masks: np.ndarray | torch.Tensor, frame: SamFrame | int) -> torch.Tensor:
     """Binary masks (N, H, W) -> (N, S, S) bool in SAM's frame, nearest neighbour ("nearest-exact")."""
-    return _framed_masks(masks, image_size, image_size)
+    return _framed_masks(masks, frame, _framing(frame)[0])
 
 
 def decoder_targets(masks: np.ndarray | torch.Tensor, frame: SamFrame) -> torch.Tensor:
     """Binary masks (N, H, W) -> (N, s, s) float32 0/1 on the grid of SAM's `pred_masks`, for the loss: the masks
     framed by `frame_masks`, then resized to s x s by nearest neighbour ("nearest-exact"), reading only the pixels
     that survive both resizes."""
-    return _framed_masks(masks, frame.image_size, frame.mask_size).float()
+    return _framed_masks(masks, frame, frame.mask_size).float()
 
 
-def frame_coordinates(coordinates: np.ndarray, original_size: tuple[int, int], image_size: int) -> np.ndarray:
+def frame_coordinates(coordinates: np.ndarray, original_size: tuple[int, int], frame: SamFrame | int) -> np.ndarray:
     """(x, y) pairs in the original (H, W) pixel frame -> SAM frame, float32, same shape.
 
-    The last axis holds points (x, y) or boxes (x0, y0, x1, y1). The scale is S / max(H, W) up to the
-    rounding of the resized shape (each axis uses resized / original, as SAM's ResizeLongestSide does).
+    The last axis holds points (x, y) or boxes (x0, y0, x1, y1). Each axis scales by resized / original
+    (`resized_shape`): S / max(H, W) up to the rounding of the resized shape, as SAM's ResizeLongestSide does, or
+    (S / W, S / H) in a frame that does not keep the aspect ratio, as Sam2Processor does.
     """
     coordinates = np.asarray(coordinates, dtype=np.float32)
     if coordinates.shape[-1] % 2:
         raise ValueError(f"coordinates must end in (x, y) pairs, got shape {coordinates.shape}")
     height, width = original_size
-    new_height, new_width = resized_shape(original_size, image_size)
+    new_height, new_width = resized_shape(original_size, frame)
     scale = np.tile(np.array([new_width / width, new_height / height], dtype=np.float32), coordinates.shape[-1] // 2)
     return coordinates * scale
 
 
 def sam_logits_to_original(
-    logits: torch.Tensor, original_size: tuple[int, int], image_size: int
+    logits: torch.Tensor, original_size: tuple[int, int], frame: SamFrame | int
 ) -> torch.Tensor:
     """Mask logits (N, s, s) from SAM -> (N, H, W) float32 logits on the original pixel grid.
 
     SamImageProcessor's `post_process_masks` without binarising: bilinear upsampling to S x S, crop of the unpadded
-    region, bilinear resize to H x W. The N masks of one size go through it as the channels of one image.
+    region, bilinear resize to H x W. The N masks of one size go through it as the channels of one image. A frame
+    that does not keep the aspect ratio has nothing to crop: the logits are resized straight to H x W (bilinear), as
+    Sam2ImageProcessor's `post_process_masks` does.
     """
     if logits.ndim != 3:
         raise ValueError(f"expected logits (N, s, s), got shape {tuple(logits.shape)}")
+    image_size, keep_aspect_ratio = _framing(frame)
+    if not keep_aspect_ratio:
+        size = tuple(int(side) for side in original_size)
+        return F.interpolate(logits[None].float(), size, mode="bilinear", align_corners=False)[0]
     (upsampled,) = _post_processor().post_process_masks(
         [logits[None].float()],
         [tuple(original_size)],

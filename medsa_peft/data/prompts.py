@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .preprocess import frame_coordinates
+from .preprocess import SamFrame, frame_coordinates
 
 __all__ = [
     "EmptyMaskError",
@@ -318,19 +318,19 @@ class SlicePrompt:
 
 
 def prompt_tensors(
-    prompts: Sequence[SlicePrompt], original_size: tuple[int, int], image_size: int
+    prompts: Sequence[SlicePrompt], original_size: tuple[int, int], frame: SamFrame | int
 ) -> dict[str, torch.Tensor]:
     """SamModel's prompt inputs for N slice prompts of one form, on (H, W) = `original_size` slices, in SAM's
-    frame of `image_size`: input_boxes (N, 1, 4) float32, input_points (N, 1, k, 2) float32 and input_labels
+    `frame` (`frame_coordinates`): input_boxes (N, 1, 4) float32, input_points (N, 1, k, 2) float32 and input_labels
     (N, 1, k) int64, as far as the prompts hold boxes and points. Training, evaluation and the predictor all
     convert prompts here."""
     tensors = {}
     if prompts[0].box is not None:
-        boxes = frame_coordinates(np.array([prompt.box for prompt in prompts], np.float32), original_size, image_size)
+        boxes = frame_coordinates(np.array([prompt.box for prompt in prompts], np.float32), original_size, frame)
         tensors["input_boxes"] = torch.from_numpy(boxes)[:, None]
     if prompts[0].points:
         points = np.array([prompt.points for prompt in prompts], np.float32)
-        tensors["input_points"] = torch.from_numpy(frame_coordinates(points, original_size, image_size))[:, None]
+        tensors["input_points"] = torch.from_numpy(frame_coordinates(points, original_size, frame))[:, None]
         tensors["input_labels"] = torch.tensor([prompt.labels for prompt in prompts], dtype=torch.int64)[:, None]
     return tensors
 
@@ -387,6 +387,8 @@ class PromptSpec:
         clicks = (click_prompt(mask, self.num_positive, self.num_negative, rng) for mask in masks)
         return [SlicePrompt(points=points.tolist(), labels=labels.tolist()) for points, labels in clicks]
 
-    def sam_prompts(self, masks: np.ndarray, image_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        """`slice_prompts` as SamModel inputs in SAM's frame (`prompt_tensors`)."""
-        return prompt_tensors(self.slice_prompts(masks, rng), masks.shape[1:], image_size)
+    def sam_prompts(
+        self, masks: np.ndarray, frame: SamFrame | int, rng: np.random.Generator
+    ) -> dict[str, torch.Tensor]:
+        """`slice_prompts` as SamModel inputs in SAM's `frame` (`prompt_tensors`)."""
+        return prompt_tensors(self.slice_prompts(masks, rng), masks.shape[1:], frame)

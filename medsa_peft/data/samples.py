@@ -89,7 +89,7 @@ class SamTrainingSamples(torch.utils.data.Dataset):
         self.is_volume = is_volume_dataset(split.features)
         if volume_depth < 1 or (not self.is_volume and volume_depth != 1):
             raise ValueError(f"volume_depth must be >= 1, and 1 for a 2D data set; got {volume_depth}")
-        self.examples = prepare_examples(split, modality, frame.image_size, store_dir, num_proc)
+        self.examples = prepare_examples(split, modality, frame, store_dir, num_proc)
         self.items = self._present_classes()
         self.seed = seed
         self._rng_seed: tuple[int, int] | None = None
@@ -163,7 +163,7 @@ class SamTrainingSamples(torch.utils.data.Dataset):
             present = np.ones(1, bool)
         sample = {
             "images": images,
-            **self.prompt.sam_prompts(masks[nearest_present_slices(present)], self.frame.image_size, rng),
+            **self.prompt.sam_prompts(masks[nearest_present_slices(present)], self.frame, rng),
             "labels": decoder_targets(masks, self.frame),
         }
         if not self.is_volume:

@@ -1,7 +1,9 @@
 """A prepared copy of a split for training samples: what a sample reads, uncompressed, one folder per example.
 
 2D: `image.npy`, the picture in SAM's frame size (an 8-bit picture larger than the frame is resized as 8 bits to
-the frame's long side, a smaller one kept as stored; other modalities are normalised first, then resized, float32)
+the frame's long side, a smaller one kept as stored; in a frame that does not keep the aspect ratio, SAM 2's, every
+picture is stretched to the frame's square, as SAM 2's processor resizes it; other modalities are normalised first,
+then resized, float32)
 and `label.npz`, the label map as stored, compressed (a 12-megapixel mask takes 12 MB raw, some 25 kB
 compressed, and decompresses in about 20 ms; prompts need it at full size). 3D: `image.npy`, the volume in canonical voxel order with the slices
 first, (D, H, W), so that a chunk of slices is one contiguous read of a memory map, in its raw values (int16 when
@@ -10,8 +12,9 @@ alike. `meta.json` holds, per label value, its voxel count in every slice and, f
 first axis: a sample finds its chunk without reading the volume.
 
 Folders are named by a digest of the example's sources (path, size and modification time of a file, or the bytes
-the data set embeds), of the modality and, for 2D, of the frame size: a changed file is prepared anew. Every file
-is written atomically, and `meta.json`, written last, marks a complete folder.
+the data set embeds), of the modality and, for 2D, of the frame (its size, and whether it stretches as SAM 2's
+does): a changed file is prepared anew. Every file is written atomically, and `meta.json`, written last, marks a
+complete folder.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import torch
 
 from ..files import atomic_path, write_json
 from .examples import class_mask, decode_image, decode_label, is_volume_dataset
-from .preprocess import PHOTO_MODALITIES, intensity_range, normalize_intensity, resize_long_side
+from .preprocess import PHOTO_MODALITIES, SamFrame, intensity_range, normalize_intensity, resize_long_side
 
 __all__ = [
     "ClassVoxels",
@@ -169,8 +172,16 @@ def _decoded(split: datasets.Dataset, index: int, source: dict) -> tuple[np.ndar
     return image, label
 
 
-def _prepare(split: datasets.Dataset, index: int, source: dict, folder: Path, modality: str, frame: int | None) -> None:
-    """Decode example `index` and write its folder (meta.json last). `frame`: SAM's frame size, None for volumes."""
+def _stretches(frame: SamFrame | int) -> bool:
+    """Whether `frame` stretches pictures to its square (SAM 2) rather than resizing their long side (SAM)."""
+    return isinstance(frame, SamFrame) and not frame.keep_aspect_ratio
+
+
+def _prepare(
+    split: datasets.Dataset, index: int, source: dict, folder: Path, modality: str, frame: SamFrame | int | None
+) -> None:
+    """Decode example `index` and write its folder (meta.json last). `frame`: SAM's frame (an int: its size), None
+    for volumes."""
     image, label = _decoded(split, index, source)
     meta: dict = {"id": source["id"], "version": STORE_VERSION, "volume": frame is None}
     try:
@@ -185,7 +196,9 @@ def _prepare(split: datasets.Dataset, index: int, source: dict, folder: Path, mo
             elif picture.dtype != np.uint8:
                 raise ValueError(f"a {modality} image must be 8-bit (uint8), got {picture.dtype}")
             stored_image = picture
-            if max(picture.shape[:2]) > frame:  # only shrinking happens here; enlarging is left to the device
+            size = frame.image_size if isinstance(frame, SamFrame) else frame
+            # a long-side frame only shrinks here, enlarging is left to the device; a stretching one is always applied
+            if max(picture.shape[:2]) > size or _stretches(frame):
                 stack = torch.from_numpy(np.require(picture, requirements=["C", "W"])).permute(2, 0, 1)[None]
                 stored_image = resize_long_side(stack, frame)[0].permute(1, 2, 0).numpy()
             labels = label[:, :, 0][None]
@@ -223,20 +236,22 @@ def _load(folder: Path) -> StoredExample:
 def prepare_examples(
     split: datasets.Dataset,
     modality: str,
-    image_size: int,
+    frame: SamFrame | int,
     store_dir: str | os.PathLike | None = None,
     num_proc: int = 1,
 ) -> list[StoredExample]:
     """Every example of `split` in the store (under `store_dir`, default `default_store_dir(split)`), preparing
-    those not there yet, in `num_proc` processes of one thread each; in split order. `image_size` is SAM's frame
-    size (2D pictures are stored at it)."""
+    those not there yet, in `num_proc` processes of one thread each; in split order. `frame` is SAM's frame (an
+    int: the size of SAM's long-side frame); 2D pictures are stored in it."""
     volumes = is_volume_dataset(split.features)
     root = Path(store_dir) if store_dir is not None else default_store_dir(split)
-    frame = None if volumes else image_size
+    frame = None if volumes else frame
+    size = frame.image_size if isinstance(frame, SamFrame) else frame
+    framing = [size, "stretched"] if _stretches(frame) else size  # SAM's frames keep the keys they had
     sources = _sources(split)
     folders = []
     for source in sources:
-        key = json.dumps([STORE_VERSION, "3d" if volumes else "2d", modality, frame, source], sort_keys=True)
+        key = json.dumps([STORE_VERSION, "3d" if volumes else "2d", modality, framing, source], sort_keys=True)
         folders.append(root / hashlib.sha256(key.encode()).hexdigest()[:32])
     missing = [index for index, folder in enumerate(folders) if not (folder / "meta.json").is_file()]
     if missing:

@@ -18,6 +18,10 @@ predicted IoU and keeps the best; `input_masks` feeds a prediction's low-resolut
 prompt; `MedSAPredictor.session(image)` runs the loop click by click. The image embedding of every slice (every
 chunk of a depth model) is cached by content, so a new prompt on a slice seen before runs only SAM's prompt
 encoder and mask decoder: Med-SA's image encoder does not see the prompt (HyP-Adpt sits in the decoder).
+
+A SAM 2 video model (`from_pretrained(..., video=True)`) segments a volume from a prompt on one slice instead:
+`propagate_file` tracks the mask from that slice to both ends of the volume with SAM 2's memory, as it tracks an
+object through the frames of a video (Medical SAM 2's "medical images as video").
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from peft import PeftConfig, PeftModel, PeftType, get_peft_model_state_dict
 from peft.utils import load_peft_weights
 from safetensors import SafetensorError
 from tqdm.auto import tqdm
-from transformers import SamModel
+from transformers import Sam2VideoInferenceSession, Sam2VideoModel, SamModel
 
 from ..compat import BaseTunerLayer, tensor_version
 from ..constants import DTYPE_NAMES, PHOTO
@@ -76,6 +80,8 @@ SERVED_PEFT_TYPES = (MEDSA_PEFT_TYPE.value, PeftType.LORA.value)
 ADAPTER_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 SHOWN_KEYS = 3  # weight names quoted in an error about missing or unexpected adapter weights
 MULTIMASK_OUTPUTS = 3  # SAM's candidate masks with multimask_output=True
+TRACKED_OBJECT = 1  # the object id of the one mask a propagation tracks
+BOX_CORNER_LABELS = (2, 3)  # SAM 2's tracker takes a box as its two corners, points of these labels
 # torch's load_state_dict error for a tensor of another shape
 SIZE_MISMATCH = re.compile(
     r"size mismatch for (?P<name>\S+): copying a param with shape torch\.Size\((?P<saved>\[[^\]]*\])\) from "
@@ -136,16 +142,16 @@ def _normalise(image: MedicalImage, modality: str | None) -> np.ndarray:
         raise ValueError(f"{image.path}: {error}") from error
 
 
-def _check_fits_frame(size: tuple[int, int], image_size: int, where: str) -> None:
-    """Raise ValueError when a (H, W) slice's short side becomes 0 pixels once its long side is resized to SAM's
-    `image_size` frame."""
-    framed = resized_shape(size, image_size)
+def _check_fits_frame(size: tuple[int, int], frame: SamFrame, where: str) -> None:
+    """Raise ValueError when a (H, W) slice's short side becomes 0 pixels once resized into SAM's `frame` (only a
+    frame that keeps the aspect ratio shrinks a side below S)."""
+    framed = resized_shape(size, frame)
     if min(framed) < 1:
         height, width = size
         raise ValueError(
-            f"{where}: its {width} x {height} (x, y) slices are too thin for SAM: resized to {image_size} pixels "
+            f"{where}: its {width} x {height} (x, y) slices are too thin for SAM: resized to {frame.image_size} pixels "
             f"along the long side, the short side is {min(framed)} pixels (it needs at least "
-            f"{math.ceil(max(size) / (2 * image_size))} pixel(s) here)"
+            f"{math.ceil(max(size) / (2 * frame.image_size))} pixel(s) here)"
         )
 
 
@@ -248,12 +254,14 @@ def load_medsa_model(
     model: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = torch.float32,
+    video: bool = False,
 ) -> PeftModel:
     """SAM with a Med-SA adapter (or a PEFT LoRA one, `--method lora`), in eval mode on `device` in `dtype`.
 
     adapter: a folder written by `save_pretrained` or a Hub repo id. model: the SAM folder or Hub id (SamModel,
     SamHQModel or Sam2Model: `sam_models.load_sam`); by default the base model the adapter names
-    (`base_model_name_or_path`).
+    (`base_model_name_or_path`). video: load a SAM 2 video checkpoint as `Sam2VideoModel` (for `propagate_file`);
+    an adapter trained on its `Sam2Model` fits it, the two share the image encoder and decoder.
     """
     config = _adapter_config(adapter)
     base = model or config.base_model_name_or_path
@@ -264,7 +272,7 @@ def load_medsa_model(
     dtype = _as_dtype(dtype)
     device = _usable_device(device)
     try:
-        sam = load_sam(base, dtype)
+        sam = load_sam(base, dtype, video)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"{error}: the SAM base model; pass it with --model") from error
     try:
@@ -440,6 +448,25 @@ def _encoder_state(encoder: torch.nn.Module) -> tuple:
     return weights, adapters
 
 
+def _video_model(model: torch.nn.Module) -> Sam2VideoModel | None:
+    """The Sam2VideoModel that `model` is or wraps as a PeftModel; None for any other module."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    return base if isinstance(base, Sam2VideoModel) else None
+
+
+def _tracker_points(tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`prompt_tensors` of one prompt as the point inputs of SAM 2's tracker: coordinates (1, 1, k, 2) float32 and
+    labels (1, 1, k) int32, a box first as its two corners (labels 2 and 3), as Sam2VideoProcessor files a box."""
+    coordinates, labels = [], []
+    if "input_boxes" in tensors:
+        coordinates.append(tensors["input_boxes"].reshape(1, 1, 2, 2))
+        labels.append(torch.tensor(BOX_CORNER_LABELS, dtype=torch.int32).reshape(1, 1, 2))
+    if "input_points" in tensors:
+        coordinates.append(tensors["input_points"])
+        labels.append(tensors["input_labels"].to(torch.int32))
+    return torch.cat(coordinates, dim=2), torch.cat(labels, dim=2)
+
+
 def _sam_model(model: torch.nn.Module) -> SamModel | None:
     """The SamModel that `model` is or wraps as a PeftModel; None for any other module (a DDP / FSDP wrapper, a
     stand-in, SAM-HQ or SAM 2, whose decoders need more than `image_embeddings`)."""
@@ -453,7 +480,7 @@ class MedSAPredictor:
     Args:
         model: a PeftModel of SamModel with a Med-SA or LoRA adapter active (see `load_medsa_model`); or any module
             called like SamModel (training evaluates its prepared, possibly wrapped model) with `frame` and
-            `depth_adapter` given.
+            `depth_adapter` given. A Sam2VideoModel (or a PeftModel of one) predicts by `propagate_file` only.
         chunk_depth: slices per forward pass of a model with the depth adapter (the SD-Trans depth D).
         overlap: slices shared by consecutive chunks; their mask logits are averaged.
         batch_size: slices per forward pass (whole chunks of a depth model: at least one chunk).
@@ -502,6 +529,7 @@ class MedSAPredictor:
         self.chunk_depth, self.overlap, self.batch_size, self.progress = chunk_depth, overlap, batch_size, progress
         self.embedding_cache = embedding_cache
         self._sam = _sam_model(model)
+        self._video = _video_model(model)
         self._cache = _EmbeddingCache()
         if fused_attention:
             use_fused_attention(model)
@@ -517,15 +545,17 @@ class MedSAPredictor:
         model: str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype = torch.float32,
+        video: bool = False,
         **kwargs,
     ) -> MedSAPredictor:
         """Load SAM + adapter (`load_medsa_model`) and wrap it; `kwargs` go to the constructor. With `adapter` None,
-        the SAM of `model` alone (`sam_models.load_sam`): a whole model fine-tuned by `--method decoder|full`."""
+        the SAM of `model` alone (`sam_models.load_sam`): a whole model fine-tuned by `--method decoder|full`.
+        video: load a SAM 2 video checkpoint as `Sam2VideoModel`, for `propagate_file`."""
         if adapter is not None:
-            return cls(load_medsa_model(adapter, model, device=device, dtype=dtype), **kwargs)
+            return cls(load_medsa_model(adapter, model, device=device, dtype=dtype, video=video), **kwargs)
         if model is None:
             raise ValueError("give an adapter (--adapter), a SAM model (--model), or both")
-        sam = load_sam(model, _as_dtype(dtype)).to(_usable_device(device)).eval()
+        sam = load_sam(model, _as_dtype(dtype), video).to(_usable_device(device)).eval()
         return cls(sam, frame=SamFrame.from_config(sam.config), depth_adapter=False, **kwargs)
 
     def clear_embedding_cache(self) -> None:
@@ -581,12 +611,112 @@ class MedSAPredictor:
             image = read_image(image)
         return InteractiveSession(self, image, modality, multimask)
 
+    def propagate_file(
+        self, path: str | os.PathLike, prompt_slice_z: int, prompt: SlicePrompt, modality: str | None = None
+    ) -> Prediction:
+        """Read a NIfTI file, DICOM series or picture (`medsa_peft.io.read_image`) and segment it from one prompted
+        slice (`propagate_image`)."""
+        return self.propagate_image(read_image(path), prompt_slice_z, prompt, modality)
+
+    def propagate_image(
+        self, image: MedicalImage, prompt_slice_z: int, prompt: SlicePrompt, modality: str | None = None
+    ) -> Prediction:
+        """Segment every slice of an image from a prompt on slice `prompt_slice_z` (axis 2) with a SAM 2 video model
+        (`propagate_masks`). Coordinates and `modality` are those of `predict_image`; a volume whose slices are not
+        axial takes no slice prompt (PromptError). `iou_scores` is NaN: SAM 2's tracker reports none per slice."""
+        prepared = self._prepare(image, modality)
+        reorientation, where = prepared.reorientation, str(image.path)
+        slices = reorientation.slice_shape[2]
+        z = prompt_slice_z
+        if not (isinstance(z, (int, np.integer)) and 0 <= z < slices):
+            raise PromptError(f"{where}: slice z = {z} is not one of its {slices} slices (0 to {slices - 1})")
+        file_prompts: list[SlicePrompt | None] = [None] * slices
+        file_prompts[z] = prompt
+        index = int(reorientation.index(2, z)[1])
+        canonical = canonical_prompts(file_prompts, reorientation, where)[index]
+        masks = self.propagate_masks(prepared.slices, index, canonical, description=image.path.name)
+        mask = masks.logits[:, 0].numpy() > 0
+        return _prediction(prepared, mask, masks.iou_scores.numpy(), masks.low_res[:, 0])
+
+    @torch.inference_mode()
+    def propagate_masks(
+        self, slices: np.ndarray, index: int, prompt: SlicePrompt, *, description: str = "slices"
+    ) -> SliceMasks:
+        """Masks of all D slices from a prompt on slice `index`, tracked by SAM 2's video model.
+
+        slices: (D, H, W) or (D, H, W, 3) in [0, 1], consecutive slices of one volume, as the frames of a video.
+        prompt: a box and / or points on slice `index`, in the slices' pixel frame.
+        The prompted slice is segmented as SAM 2's image predictor segments it (as long as SAM 2's object-score head
+        sees the object there; where it does not, SAM 2 empties the mask); the tracker then runs from it to the last
+        slice and from it back to the first, each slice attending to the memory of the prompted slice and of the
+        slices tracked just before it. The Med-SA adapters run in the image encoder and the mask decoder of every
+        slice; the memory modules are SAM 2's own. SAM 2 chooses among its candidates itself: three for a single
+        click, the highest predicted IoU kept, else one.
+        Returns: SliceMasks with M = 1, `iou_scores` NaN.
+        """
+        video = self._video
+        if video is None:
+            raise ValueError(
+                "propagating from one slice needs a SAM 2 video model (a 'sam2_video' checkpoint loaded with "
+                f"video=True, --propagate); this predictor runs a {type(self._base_model()).__name__}"
+            )
+        if self.has_depth:
+            raise ValueError(
+                "propagation encodes the slices one at a time and SAM 2's memory carries the others; an adapter with "
+                "the SD-Trans depth adapter (depth_adapter=True) needs whole chunks of slices: use predict_file"
+            )
+        slices = np.ascontiguousarray(slices, dtype=np.float32)
+        if slices.ndim not in (3, 4) or (slices.ndim == 4 and slices.shape[-1] != 3):
+            raise ValueError(f"slices must be (D, H, W) or (D, H, W, 3), got shape {slices.shape}")
+        depth, height, width = slices.shape[:3]
+        _check_fits_frame((height, width), self.frame, description)
+        if not 0 <= index < depth:
+            raise PromptError(f"{description}: slice {index} is not one of its {depth} slices (0 to {depth - 1})")
+        prompt.check_inside(height, width, f"slice {index}")
+
+        session = Sam2VideoInferenceSession(
+            video_height=height,
+            video_width=width,
+            inference_device=self.device,
+            inference_state_device=self.device,
+            dtype=self.dtype,
+        )
+        for start in range(0, depth, self.batch_size):
+            chunk = range(start, min(start + self.batch_size, depth))
+            for frame_index, pixels in zip(chunk, self._pixel_values(slices, [chunk])):
+                session.add_new_frame(pixels, frame_index)
+        coordinates, labels = _tracker_points(prompt_tensors([prompt], (height, width), self.frame))
+        session.add_point_inputs(
+            session.obj_id_to_idx(TRACKED_OBJECT), index, {"point_coords": coordinates, "point_labels": labels}
+        )
+        session.obj_with_new_inputs = [TRACKED_OBJECT]
+
+        size = self.frame.mask_size
+        low_res = torch.zeros(depth, 1, size, size)
+        low_res[index] = video(inference_session=session, frame_idx=index).pred_masks[0].float().cpu()
+        for reverse in (False, True):  # the prompted slice's answer is kept, then each direction tracked from it
+            tracked = video.propagate_in_video_iterator(
+                session, start_frame_idx=index, reverse=reverse, show_progress_bar=self.progress
+            )
+            for output in tracked:
+                low_res[output.frame_idx] = output.pred_masks[0].float().cpu()
+
+        logits = torch.empty(depth, 1, height, width)
+        for start in range(0, depth, self.batch_size):
+            stop = min(start + self.batch_size, depth)
+            logits[start:stop, 0] = sam_logits_to_original(low_res[start:stop, 0], (height, width), self.frame)
+        return SliceMasks(logits, torch.full((depth, 1), float("nan")), low_res)
+
+    def _base_model(self) -> torch.nn.Module:
+        """The model the predictor runs, out of its PeftModel."""
+        return self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+
     def _prepare(self, image: MedicalImage, modality: str | None) -> _Prepared:
         normalized = _normalise(image, modality)
         volume = normalized if image.is_volume else normalized[:, :, None]
         reorientation = Reorientation(image.affine, volume.shape[:3])
         slices = np.ascontiguousarray(np.moveaxis(reorientation.to_canonical(volume), 2, 0), dtype=np.float32)
-        _check_fits_frame(slices.shape[1:3], self.frame.image_size, str(image.path))
+        _check_fits_frame(slices.shape[1:3], self.frame, str(image.path))
         return _Prepared(image, normalized, reorientation, slices)
 
     def predict_logits(
@@ -619,11 +749,16 @@ class MedSAPredictor:
         multimask: SAM's three candidate masks per slice (`multimask_output=True`), else its single mask.
         Returns: SliceMasks with M = 3 or 1 candidates.
         """
+        if self._video is not None:
+            raise ValueError(
+                "a SAM 2 video model segments a volume from one prompted slice (propagate_file, --propagate); load "
+                "the checkpoint without video=True to prompt slices one by one"
+            )
         slices = np.ascontiguousarray(slices, dtype=np.float32)
         if slices.ndim not in (3, 4) or (slices.ndim == 4 and slices.shape[-1] != 3):
             raise ValueError(f"slices must be (D, H, W) or (D, H, W, 3), got shape {slices.shape}")
         depth, height, width = slices.shape[:3]
-        _check_fits_frame((height, width), self.frame.image_size, description)
+        _check_fits_frame((height, width), self.frame, description)
         prompts = list(prompts)
         if len(prompts) != depth:
             raise PromptError(f"{len(prompts)} slice prompts for {depth} slices; give one (or None) per slice")
@@ -660,7 +795,7 @@ class MedSAPredictor:
             chosen = prompted[start : start + self.batch_size]
             low_res[chosen] /= counts[chosen, None, None, None]
             iou_scores[chosen] /= counts[chosen, None]
-            upsampled = sam_logits_to_original(low_res[chosen].flatten(0, 1), (height, width), self.frame.image_size)
+            upsampled = sam_logits_to_original(low_res[chosen].flatten(0, 1), (height, width), self.frame)
             logits[chosen] = upsampled.unflatten(0, (len(chosen), candidates))
         return SliceMasks(logits, iou_scores, low_res)
 
@@ -702,7 +837,7 @@ class MedSAPredictor:
                 inputs["depth"] = len(batch[0])
         run = [indices[row] for row in rows]
         filler = prompts[indices[prompted[0]]]
-        tensors = prompt_tensors([prompts[index] or filler for index in run], slices.shape[1:3], self.frame.image_size)
+        tensors = prompt_tensors([prompts[index] or filler for index in run], slices.shape[1:3], self.frame)
         inputs.update({name: tensor.to(self.device) for name, tensor in tensors.items()})
         inputs["multimask_output"] = multimask
         if input_masks is not None:
@@ -715,7 +850,7 @@ class MedSAPredictor:
 
     def _pixel_values(self, slices: np.ndarray, chunks: list[range]) -> torch.Tensor:
         """SamModel's pixel_values (N, 3, S, S) of the slices of `chunks`, in order, on the model's device."""
-        framed = [frame_images(slices[chunk.start : chunk.stop], self.frame.image_size) for chunk in chunks]
+        framed = [frame_images(slices[chunk.start : chunk.stop], self.frame) for chunk in chunks]
         return torch.cat(framed).to(self.device, self.dtype)
 
     def _image_embeddings(self, slices: np.ndarray, batch: list[range]) -> torch.Tensor:

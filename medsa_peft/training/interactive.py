@@ -40,7 +40,7 @@ def image_regions(image_sizes: Sequence[tuple[int, int]], frame: SamFrame) -> np
     cells = _frame_pixels(frame)
     regions = np.zeros((len(image_sizes), frame.mask_size, frame.mask_size), bool)
     for region, size in zip(regions, image_sizes):
-        height, width = resized_shape(tuple(size), frame.image_size)
+        height, width = resized_shape(tuple(size), frame)
         region[np.ix_(cells < height, cells < width)] = True
     return regions
 

@@ -108,10 +108,10 @@ def train_loader(
     )
 
 
-def sam_inputs(batch: dict, image_size: int, depth: int | None) -> dict:
+def sam_inputs(batch: dict, frame: SamFrame, depth: int | None) -> dict:
     """SamModel's inputs of a `collate_sam` batch on the device: pixel values framed there, prompts, `depth`."""
     inputs = {name: batch[name] for name in PROMPT_INPUTS if name in batch}
-    inputs["pixel_values"] = sam_pixel_values(batch["images"], batch["image_sizes"], image_size)
+    inputs["pixel_values"] = sam_pixel_values(batch["images"], batch["image_sizes"], frame)
     if depth is not None:  # a 3D data set at --volume_depth 1 trains slice by slice, as 2D
         inputs["depth"] = depth
     return inputs
@@ -321,11 +321,13 @@ def train(args: MedSATrainingArguments) -> dict:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
         loader.set_epoch(epoch)
         skip = done_in_epoch * args.gradient_accumulation_steps
-        # skip_first_batches makes a new loader, with new workers: only when resuming inside an epoch
-        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        batches = loader
+        if skip:  # resuming inside an epoch: a new loader, with new workers, that starts at the next batch
+            batches = accelerator.skip_first_batches(loader, skip)
+            batches.set_epoch(epoch)  # it would start from epoch 0 (accelerate 1.10 does not carry the epoch over)
         for batch in batches:
             with accelerator.accumulate(model):
-                inputs = sam_inputs(batch, frame.image_size, depth)
+                inputs = sam_inputs(batch, frame, depth)
                 if correction is None:
                     loss = loss_fn(model(**inputs, multimask_output=False).pred_masks[:, 0, 0], batch["labels"])
                 else:  # SAM's iterative protocol (training.interactive)
