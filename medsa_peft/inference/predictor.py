@@ -142,6 +142,15 @@ def _normalise(image: MedicalImage, modality: str | None) -> np.ndarray:
         raise ValueError(f"{image.path}: {error}") from error
 
 
+def _checked_slices(slices: np.ndarray, frame: SamFrame, description: str) -> np.ndarray:
+    """`slices` as a contiguous float32 (D, H, W) or (D, H, W, 3) array whose slices fit SAM's `frame`."""
+    slices = np.ascontiguousarray(slices, dtype=np.float32)
+    if slices.ndim not in (3, 4) or (slices.ndim == 4 and slices.shape[-1] != 3):
+        raise ValueError(f"slices must be (D, H, W) or (D, H, W, 3), got shape {slices.shape}")
+    _check_fits_frame(slices.shape[1:3], frame, description)
+    return slices
+
+
 def _check_fits_frame(size: tuple[int, int], frame: SamFrame, where: str) -> None:
     """Raise ValueError when a (H, W) slice's short side becomes 0 pixels once resized into SAM's `frame` (only a
     frame that keeps the aspect ratio shrinks a side below S)."""
@@ -665,11 +674,8 @@ class MedSAPredictor:
                 "propagation encodes the slices one at a time and SAM 2's memory carries the others; an adapter with "
                 "the SD-Trans depth adapter (depth_adapter=True) needs whole chunks of slices: use predict_file"
             )
-        slices = np.ascontiguousarray(slices, dtype=np.float32)
-        if slices.ndim not in (3, 4) or (slices.ndim == 4 and slices.shape[-1] != 3):
-            raise ValueError(f"slices must be (D, H, W) or (D, H, W, 3), got shape {slices.shape}")
+        slices = _checked_slices(slices, self.frame, description)
         depth, height, width = slices.shape[:3]
-        _check_fits_frame((height, width), self.frame, description)
         if not 0 <= index < depth:
             raise PromptError(f"{description}: slice {index} is not one of its {depth} slices (0 to {depth - 1})")
         prompt.check_inside(height, width, f"slice {index}")
@@ -754,11 +760,8 @@ class MedSAPredictor:
                 "a SAM 2 video model segments a volume from one prompted slice (propagate_file, --propagate); load "
                 "the checkpoint without video=True to prompt slices one by one"
             )
-        slices = np.ascontiguousarray(slices, dtype=np.float32)
-        if slices.ndim not in (3, 4) or (slices.ndim == 4 and slices.shape[-1] != 3):
-            raise ValueError(f"slices must be (D, H, W) or (D, H, W, 3), got shape {slices.shape}")
+        slices = _checked_slices(slices, self.frame, description)
         depth, height, width = slices.shape[:3]
-        _check_fits_frame((height, width), self.frame, description)
         prompts = list(prompts)
         if len(prompts) != depth:
             raise PromptError(f"{len(prompts)} slice prompts for {depth} slices; give one (or None) per slice")
