@@ -72,6 +72,7 @@ BASE_TUNER_HOOKS = (
     "_replace_module",  # puts SAM's own block back on unload
     "_remove_adapter_name_from_key",  # adapter names stand deeper than in LoRA's keys
     "_check_merge_allowed",  # Med-SA cannot be merged
+    "_get_module_names_tied_with_embedding",  # skipped without tied weights (EdgeTamModel has no input embeddings)
 )
 BASE_TUNER_LAYER_HOOKS = (
     "_get_base_layer_device_and_dtype",  # whole SAM blocks have no `.weight`

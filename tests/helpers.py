@@ -225,3 +225,141 @@ def tiny_sam2_video_model(seed: int = 0) -> torch.nn.Module:
     with torch.no_grad():
         model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(10.0)
     return model
+
+
+# SAM 3's tracker and EdgeTAM: SAM 2's prompt encoder and two-way decoder behind other image encoders.
+TRACKER_MEMORY = dict(
+    image_size=64,
+    num_maskmem=3,
+    max_object_pointers_in_encoder=4,
+    memory_attention_hidden_size=128,
+    memory_attention_num_layers=1,
+    memory_attention_rope_feat_sizes=[4, 4],
+    memory_encoder_hidden_size=128,
+    memory_encoder_output_channels=64,
+    mask_downsampler_embed_dim=128,
+    memory_fuser_embed_dim=128,
+    memory_fuser_intermediate_dim=64,
+)
+
+
+def _tracker_heads(width: int, patch_size: int) -> dict:
+    """Prompt encoder and mask decoder configs at `width` on 64 px images whose embeddings are 64 / patch_size wide."""
+    return dict(
+        prompt_encoder_config=dict(hidden_size=width, image_size=64, patch_size=patch_size, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=width, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+    )
+
+
+def _seeded_eval_model(build, seed: int, video: bool) -> torch.nn.Module:
+    """`build()` under `seed` (positional tables are drawn at construction), with random weights, in eval mode. A
+    video model's object-score head is biased to see the object, so its masks are not emptied (as in
+    `tiny_sam2_video_model`)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = randomize_weights(build(), seed=seed).eval()
+    if video:
+        with torch.no_grad():
+            model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(10.0)
+    return model
+
+
+def tiny_sam3_tracker_model(seed: int = 0, video: bool = False) -> torch.nn.Module:
+    """A tiny `Sam3TrackerModel` (or `Sam3TrackerVideoModel`) in eval mode with real random weights: SAM 3's ViT
+    (two `Sam3ViTLayer`s of width 32 on 8 x 8 patches of a 64 px image, the first in 4 x 4 windows) and its FPN to
+    32 x 32, 16 x 16 and 8 x 8 maps, then SAM 2's prompt encoder and two-way decoder at width 32 (128 for the video
+    model, whose memory is `tiny_sam2_video_model`'s)."""
+    from transformers import Sam3TrackerConfig, Sam3TrackerModel, Sam3TrackerVideoConfig, Sam3TrackerVideoModel
+
+    width = 128 if video else 32
+    vit = dict(
+        model_type="sam3_vit_model",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=64,
+        patch_size=8,
+        window_size=4,
+        global_attn_indexes=[1],
+        pretrain_image_size=32,
+    )
+    vision = dict(
+        model_type="sam3_vision_model",
+        backbone_config=vit,
+        fpn_hidden_size=width,
+        backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]],
+    )
+    parts = dict(vision_config=vision, **_tracker_heads(width, patch_size=8))
+    if video:
+        config = Sam3TrackerVideoConfig(**parts, memory_attention_feed_forward_hidden_size=64, **TRACKER_MEMORY)
+        return _seeded_eval_model(lambda: Sam3TrackerVideoModel(config), seed, video)
+    config = Sam3TrackerConfig(**parts)
+    return _seeded_eval_model(lambda: Sam3TrackerModel(config), seed, video)
+
+
+class TinyRepViTStandIn(torch.nn.Module):
+    """Four strided convolutions in place of EdgeTAM's RepViT, which transformers builds through timm (not a test
+    dependency). They give what EdgeTAM's neck reads from timm's `features_only` model: `last_hidden_state`, a list
+    of (B, C, H, W) maps at strides 4, 8, 16 and 32, here 8, 16, 32 and 64 channels wide."""
+
+    def __init__(self, widths: tuple[int, ...] = (8, 16, 32, 64)):
+        super().__init__()
+        channels = (3, *widths)
+        self.stages = torch.nn.ModuleList(
+            torch.nn.Conv2d(inputs, outputs, kernel_size=4 if index == 0 else 2, stride=4 if index == 0 else 2)
+            for index, (inputs, outputs) in enumerate(zip(channels, channels[1:]))
+        )
+
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> SimpleNamespace:
+        maps, hidden = [], pixel_values
+        for stage in self.stages:
+            hidden = stage(hidden)
+            maps.append(hidden)
+        return SimpleNamespace(last_hidden_state=maps, hidden_states=None)
+
+
+def tiny_edgetam_model(seed: int = 0, video: bool = False) -> torch.nn.Module:
+    """A tiny `EdgeTamModel` (or `EdgeTamVideoModel`) in eval mode with real random weights: `TinyRepViTStandIn` as
+    its backbone, EdgeTAM's neck on `tiny_sam2_config`'s feature sizes (16 x 16, 8 x 8, 4 x 4), then SAM 2's prompt
+    encoder and two-way decoder at width 32 (128 for the video model, whose memory is `tiny_sam2_video_model`'s, with
+    a perceiver of 4 latents and 2 x 2 windows of latents on its 4 x 4 maps)."""
+    from unittest import mock
+
+    from transformers import AutoModel, EdgeTamConfig, EdgeTamModel, EdgeTamVideoConfig, EdgeTamVideoModel
+    from transformers.models.edgetam import modeling_edgetam
+
+    width = 128 if video else 32
+    sam2_vision = tiny_sam2_config().to_dict()["vision_config"]
+    vision = dict(
+        model_type="edgetam_vision_model",
+        backbone_channel_list=sam2_vision["backbone_channel_list"],
+        backbone_feature_sizes=sam2_vision["backbone_feature_sizes"],
+        fpn_hidden_size=width,
+    )
+    parts = dict(vision_config=vision, **_tracker_heads(width, patch_size=16))
+    if video:
+        config = EdgeTamVideoConfig(
+            **parts,
+            memory_attention_mlp_hidden_size=64,
+            memory_attention_rope_k_sizes=[4, 4],
+            perceiver_resampler_num_latents=4,
+            perceiver_resampler_num_latents_2d=4,
+            perceiver_resampler_hidden_size=64,
+            perceiver_resampler_mlp_intermediate_size=64,
+            perceiver_resampler_num_layers=1,
+            **TRACKER_MEMORY,
+        )
+        model_class = EdgeTamVideoModel
+    else:
+        config, model_class = EdgeTamConfig(**parts), EdgeTamModel
+
+    def from_config(sub_config):
+        is_timm = sub_config.model_type == "timm_wrapper"
+        return TinyRepViTStandIn() if is_timm else AutoModel.from_config(sub_config)
+
+    def build() -> torch.nn.Module:
+        with mock.patch.object(modeling_edgetam, "AutoModel", SimpleNamespace(from_config=from_config)):
+            return model_class(config)
+
+    return _seeded_eval_model(build, seed, video)

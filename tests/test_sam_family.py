@@ -555,3 +555,91 @@ def test_the_benchmark_runs_medsa_beside_lora_on_one_sam2_model(tmp_path, monkey
     assert lora["trainable_parameters"] == decoder + 4 * sum(linear.in_features + linear.out_features for linear in qkv)
     assert medsa["trainable_parameters"] == 6_521_653  # SAM 2.1 Hiera-T's official() count, README
     assert medsa["images_per_s"] > 0 and lora["peak_bytes"] > 0 and "train:medsa" in payload["table"]
+
+
+# --- SAM 3's tracker and EdgeTAM: SAM 2's two-way decoder blocks behind other image encoders ---
+
+from helpers import tiny_edgetam_model, tiny_sam3_tracker_model  # noqa: E402
+from medsa_peft.tuner.layer import TWO_WAY_BLOCKS  # noqa: E402
+
+TRACKERS = {
+    "sam3-tracker": (lambda: tiny_sam3_tracker_model(), "Sam3TrackerModel"),
+    "sam3-tracker-video": (lambda: tiny_sam3_tracker_model(video=True), "Sam3TrackerVideoModel"),
+    "edgetam": (lambda: tiny_edgetam_model(), "EdgeTamModel"),
+    "edgetam-video": (lambda: tiny_edgetam_model(video=True), "EdgeTamVideoModel"),
+}
+each_tracker = pytest.mark.parametrize("tracker", list(TRACKERS))
+
+
+def plain_tracker(tracker: str) -> torch.nn.Module:
+    return TRACKERS[tracker][0]()
+
+
+@torch.no_grad()
+def box_masks(model: torch.nn.Module, seed: int = 0) -> torch.Tensor:
+    """The masks for one box: on two images through an image predictor, or on the first frame of a two-frame video
+    through a video model (a new session each call, so nothing is cached between models)."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(2, 3, SIZE, SIZE, generator=generator)
+    box = torch.tensor([[[6.0, 8.0, 40.0, 44.0]]])
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    if "Video" not in type(base).__name__:
+        return model(pixel_values=pixels, input_boxes=box.repeat(2, 1, 1), multimask_output=False).pred_masks
+    session_class = getattr(importlib.import_module(type(base).__module__), type(base).__name__[:-5] + "InferenceSession")
+    session = session_class(video=pixels, video_height=SIZE, video_width=SIZE, dtype=torch.float32)
+    corners = {"point_coords": box.reshape(1, 1, 2, 2), "point_labels": torch.tensor([[[2, 3]]], dtype=torch.int32)}
+    session.add_point_inputs(session.obj_id_to_idx(1), 0, corners)
+    session.obj_with_new_inputs = [1]
+    return model(inference_session=session, frame_idx=0).pred_masks
+
+
+@each_tracker
+def test_tracker_and_edgetam_get_adapters_in_their_decoder_blocks_only(tracker):
+    """Their image encoders (SAM 3's ViT, EdgeTAM's RepViT) are neither SAM's ViT nor Hiera: they stay as they are, and
+    so does a video model's memory path."""
+    sam = plain_tracker(tracker)
+    blocks = [name for name, module in sam.named_modules() if isinstance(module, TWO_WAY_BLOCKS)]
+    model = get_peft_model(sam, MedSAConfig())
+    assert type(model.get_base_model()).__name__ == TRACKERS[tracker][1]
+    assert [status.name for status in model.get_layer_status()] == [f"model.{name}" for name in blocks]
+    assert {status.module_type for status in model.get_layer_status()} == {"MedSATwoWayLayer"}
+    assert len(blocks) == 2 and all(name.startswith("mask_decoder.transformer.layers.") for name in blocks)
+    trainable = [name for name, param in model.named_parameters() if param.requires_grad]
+    assert trainable and all(".mask_decoder.transformer.layers." in name and ".medsa_" in name for name in trainable)
+
+
+@each_tracker
+def test_tracker_and_edgetam_zero_init_computes_exactly_the_plain_model(tracker):
+    sam = plain_tracker(tracker)
+    expected = box_masks(sam)
+    model = get_peft_model(sam, MedSAConfig())
+    assert torch.equal(box_masks(model), expected)
+    assert not torch.allclose(box_masks(randomize_adapters(model)), expected)  # the adapters act
+
+
+@each_tracker
+def test_tracker_and_edgetam_save_pretrained_then_from_pretrained(tracker, tmp_path):
+    model = randomize_adapters(get_peft_model(plain_tracker(tracker), MedSAConfig()))
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(plain_tracker(tracker), tmp_path)
+    expected, got = model.state_dict(), loaded.state_dict()
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[key], expected[key]) for key in expected)
+    torch.testing.assert_close(box_masks(loaded), box_masks(model), rtol=1e-5, atol=1e-7)
+
+
+@each_tracker
+def test_tracker_and_edgetam_disable_adapter_and_unload_give_the_plain_model(tracker):
+    sam = plain_tracker(tracker)
+    plain = box_masks(sam)
+    state = {key: value.clone() for key, value in sam.state_dict().items()}
+    model = randomize_adapters(get_peft_model(sam, MedSAConfig()))
+    assert not torch.allclose(box_masks(model), plain)
+    with model.disable_adapter():
+        assert torch.equal(box_masks(model), plain)
+    unloaded = model.unload()
+    assert type(unloaded).__name__ == TRACKERS[tracker][1] and not hasattr(unloaded, VOLUME_HOOKS)
+    assert not any(isinstance(module, BaseTunerLayer) for module in unloaded.modules())
+    assert unloaded.state_dict().keys() == state.keys()
+    assert all(torch.equal(unloaded.state_dict()[key], state[key]) for key in state)
+    assert torch.equal(box_masks(unloaded), plain)

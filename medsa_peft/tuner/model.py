@@ -170,6 +170,13 @@ class MedSAModel(BaseTuner):
                 )
         use_decoder_block(model, peft_config.decoder_block)
 
+    def _get_module_names_tied_with_embedding(self) -> list[str]:
+        """None where the model declares no tied weights, as every SAM-family model does: PEFT's check would read
+        `get_input_embeddings()`, which EdgeTamModel, unlike its siblings, does not implement."""
+        if not getattr(self.model, "_tied_weights_keys", None):
+            return []
+        return super()._get_module_names_tied_with_embedding()
+
     def _create_and_replace(
         self,
         peft_config: MedSAConfig,
