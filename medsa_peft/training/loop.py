@@ -30,7 +30,7 @@ from ..evaluation.scoring import evaluate_model
 from ..files import write_json, write_png
 from ..sam_models import load_sam
 from ..tiny_sam import default_model_path
-from ..tuner.fast_paths import compile_sam_layers, use_fused_attention
+from ..tuner.fast_paths import compile_sam_layers, enable_activation_checkpointing, use_fused_attention
 from .arguments import MedSATrainingArguments
 from .checkpoints import (
     adapter_settings,
@@ -223,7 +223,7 @@ def train(args: MedSATrainingArguments) -> dict:
     trainable = count_trainable(model)
     logger.info(f"{args.method}: {trainable:,} of {sum(p.numel() for p in model.parameters()):,} parameters train")
     if args.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)  # transformers' switch refuses Sam2Model, whose blocks support it
     # it lives in Med-SA's ViT encoder layers; SAM 2's Hiera runs transformers' attention kernels already
     if args.fused_attention and args.method == "medsa" and not isinstance(sam, Sam2Model):
         use_fused_attention(model)
