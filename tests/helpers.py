@@ -188,46 +188,8 @@ def quick_training(tiny_sam_dir: str, dataset_cache: str, output_dir, **override
     return MedSATrainingArguments(**{**options, **overrides})
 
 
-def tiny_sam2_video_model(seed: int = 0) -> torch.nn.Module:
-    """A tiny `Sam2VideoModel` (SAM 2's tracker) in eval mode with real random weights: `tiny_sam2_config`'s image
-    encoder and decoder at a width of 128, one memory-attention layer, a memory of 3 frames.
-
-    The memory is 64 channels wide, as in SAM 2 (transformers' memory attention reads 64-channel memories), and the
-    decoder wider than it, as SAM 2's object pointers are split into memory-wide tokens. The object-score head is
-    biased to see the object on every slice: random weights would otherwise empty most masks (SAM 2's occlusion
-    gate), leaving nothing to compare."""
-    from transformers import Sam2VideoConfig, Sam2VideoModel
-
-    parts = tiny_sam2_config().to_dict()
-    parts["vision_config"]["fpn_hidden_size"] = 128
-    parts["prompt_encoder_config"]["hidden_size"] = 128
-    parts["mask_decoder_config"]["hidden_size"] = 128
-    config = Sam2VideoConfig(
-        vision_config=parts["vision_config"],
-        prompt_encoder_config=parts["prompt_encoder_config"],
-        mask_decoder_config=parts["mask_decoder_config"],
-        image_size=64,
-        num_maskmem=3,
-        max_object_pointers_in_encoder=4,
-        memory_attention_hidden_size=128,
-        memory_attention_num_layers=1,
-        memory_attention_feed_forward_hidden_size=64,
-        memory_attention_rope_feat_sizes=[4, 4],
-        memory_encoder_hidden_size=128,
-        memory_encoder_output_channels=64,
-        mask_downsampler_embed_dim=128,
-        memory_fuser_embed_dim=128,
-        memory_fuser_intermediate_dim=64,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = randomize_weights(Sam2VideoModel(config), seed=seed).eval()
-    with torch.no_grad():
-        model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(10.0)
-    return model
-
-
-# SAM 3's tracker and EdgeTAM: SAM 2's prompt encoder and two-way decoder behind other image encoders.
+# The memory of the tiny video models (SAM 2's, SAM 3's tracker, EdgeTAM): SAM 2's prompt encoder and two-way decoder,
+# behind the image encoder of each.
 TRACKER_MEMORY = dict(
     image_size=64,
     num_maskmem=3,
@@ -253,8 +215,7 @@ def _tracker_heads(width: int, patch_size: int) -> dict:
 
 def _seeded_eval_model(build, seed: int, video: bool) -> torch.nn.Module:
     """`build()` under `seed` (positional tables are drawn at construction), with random weights, in eval mode. A
-    video model's object-score head is biased to see the object, so its masks are not emptied (as in
-    `tiny_sam2_video_model`)."""
+    video model's object-score head is biased to see the object, so its masks are not emptied."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = randomize_weights(build(), seed=seed).eval()
@@ -262,6 +223,30 @@ def _seeded_eval_model(build, seed: int, video: bool) -> torch.nn.Module:
         with torch.no_grad():
             model.mask_decoder.pred_obj_score_head.proj_out.bias.fill_(10.0)
     return model
+
+
+def tiny_sam2_video_model(seed: int = 0) -> torch.nn.Module:
+    """A tiny `Sam2VideoModel` (SAM 2's tracker) in eval mode with real random weights: `tiny_sam2_config`'s image
+    encoder and decoder at a width of 128, one memory-attention layer, a memory of 3 frames (`TRACKER_MEMORY`).
+
+    The memory is 64 channels wide, as in SAM 2 (transformers' memory attention reads 64-channel memories), and the
+    decoder wider than it, as SAM 2's object pointers are split into memory-wide tokens. The object-score head is
+    biased to see the object on every slice: random weights would otherwise empty most masks (SAM 2's occlusion
+    gate), leaving nothing to compare."""
+    from transformers import Sam2VideoConfig, Sam2VideoModel
+
+    parts = tiny_sam2_config().to_dict()
+    parts["vision_config"]["fpn_hidden_size"] = 128
+    parts["prompt_encoder_config"]["hidden_size"] = 128
+    parts["mask_decoder_config"]["hidden_size"] = 128
+    config = Sam2VideoConfig(
+        vision_config=parts["vision_config"],
+        prompt_encoder_config=parts["prompt_encoder_config"],
+        mask_decoder_config=parts["mask_decoder_config"],
+        memory_attention_feed_forward_hidden_size=64,
+        **TRACKER_MEMORY,
+    )
+    return _seeded_eval_model(lambda: Sam2VideoModel(config), seed, video=True)
 
 
 def tiny_sam3_tracker_model(seed: int = 0, video: bool = False) -> torch.nn.Module:
