@@ -128,8 +128,11 @@ def _showcase_picture(showcase: _Showcase, class_names: Sequence[str], axial: bo
     return figure(panels, [(name, colours[name]) for name, *_ in showcase.masks], min_size=SHOWCASE_MIN_SIZE)
 
 
-def _scoring_predictor(model: torch.nn.Module, frame: SamFrame, depth: int | None, batch_size: int) -> MedSAPredictor:
-    """The predictor scoring runs `model` through: chunks of `depth` slices without overlap, as training sees them."""
+def _scoring_predictor(
+    model: torch.nn.Module, frame: SamFrame, depth: int | None, batch_size: int, **options
+) -> MedSAPredictor:
+    """The predictor scoring runs `model` through: chunks of `depth` slices without overlap, as training sees them;
+    `options`: other arguments of `MedSAPredictor`."""
     return MedSAPredictor(
         model,
         chunk_depth=depth or 1,
@@ -138,6 +141,7 @@ def _scoring_predictor(model: torch.nn.Module, frame: SamFrame, depth: int | Non
         progress=False,
         frame=frame,
         depth_adapter=depth is not None,
+        **options,
     )
 
 
@@ -164,7 +168,7 @@ def evaluate_model(
     order (the MNI152 "2d" config), shown in radiological view in the overlay as volumes are.
     """
     was_training = model.training
-    predictor = _scoring_predictor(model, frame, depth, batch_size)
+    predictor = _scoring_predictor(model, frame, depth, batch_size, embedding_cache=0)  # a slice decoded once: no cache
     per_volume: dict[str, dict[str, MaskScores]] = defaultdict(dict)
     showcase = _Showcase()
     cases = evaluation_cases(split, classes, modality, prompt, seed=seed)
@@ -218,7 +222,7 @@ def evaluate_interactive(
     if not clicks or min(clicks) < 1:
         raise ValueError(f"clicks must be counts of 1 or more, got {list(clicks)}")
     was_training = model.training
-    predictor = _scoring_predictor(model, frame, depth, batch_size)
+    predictor = _scoring_predictor(model, frame, depth, batch_size)  # clicks come back: cached
     rng = np.random.default_rng(seed)
     per_volume: dict[int, dict[str, dict[str, MaskScores]]] = {count: defaultdict(dict) for count in clicks}
     cases = evaluation_cases(split, classes, modality, PromptSpec("points", num_positive=1), seed=seed)
