@@ -186,7 +186,7 @@ def prompted_dice(
     return np.array([dice(logit > 0, mask) for logit, mask in zip(logits, masks)])
 
 
-def starting_model(seed: int) -> SamModel:
+def starting_model(seed: int, patch_size: int = 8) -> SamModel:
     """The architecture at the random start SAM's own code trains from: PyTorch's default initialisation of
     every layer, the prompt encoder's random Fourier frequencies from N(0, 1) (segment_anything's
     PositionEmbeddingRandom), zero relative-position tables and N(0, 0.02) absolute position embeddings.
@@ -196,7 +196,7 @@ def starting_model(seed: int) -> SamModel:
     toy task stays at Dice 0 for the first hundreds of steps.
     """
     torch.manual_seed(seed)
-    model = SamModel(model_config())
+    model = SamModel(model_config(patch_size))
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.LayerNorm, nn.Embedding)):
             module.reset_parameters()
@@ -213,6 +213,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=default_model_path(), help="folder to save the model in")
     parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--patch_size", type=int, default=8, choices=(4, 8), help="pixels per token side (128 px input)")
     parser.add_argument("--batch_size", type=int, default=4, help="images per step")
     parser.add_argument("--targets_per_image", type=int, default=4, help="objects prompted per image")
     parser.add_argument("--learning_rate", type=float, default=1e-3)
@@ -227,11 +228,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def model_config():
-    """The shipped architecture: 128 x 128 input, 16 x 16 tokens of width 64, 4 layers (1 and 3 global)."""
+def model_config(patch_size: int = 8):
+    """The shipped architecture: 128 x 128 input, 16 x 16 tokens of width 64, 4 layers (1 and 3 global);
+    `patch_size` 4 gives 32 x 32 tokens (windows of 8 x 8 tokens then cover a quarter of the side, not half)."""
     return tiny_sam_config(
         image_size=128,
-        patch_size=8,
+        patch_size=patch_size,
         hidden_size=64,
         num_layers=4,
         window_size=8,
@@ -471,7 +473,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = starting_model(args.seed).to(args.device)
+    model = starting_model(args.seed, args.patch_size).to(args.device)
     random_box = evaluate(model.eval(), args)["dice/box"]
     print(f"{model.num_parameters():,} parameters; exact-box Dice with random weights {random_box:.3f}", flush=True)
     start = time.time()

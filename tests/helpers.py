@@ -2,17 +2,40 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 import torch
 from huggingface_hub import HfApi
 from transformers import SamModel
 
 from medsa_peft.tiny_sam import randomize_weights, tiny_sam_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`code` run by a fresh interpreter (in the repository root unless env["CWD"] says), with `env` added to this
+    process's environment; fails the test on a non-zero exit."""
+    env = env or {}
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**os.environ, **env},
+        cwd=env.get("CWD", REPO_ROOT),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 def tiny_sam_model(seed: int = 0, **config_kwargs) -> SamModel:
@@ -309,10 +332,7 @@ def tiny_edgetam_model(seed: int = 0, video: bool = False) -> torch.nn.Module:
     its backbone, EdgeTAM's neck on `tiny_sam2_config`'s feature sizes (16 x 16, 8 x 8, 4 x 4), then SAM 2's prompt
     encoder and two-way decoder at width 32 (128 for the video model, whose memory is `tiny_sam2_video_model`'s, with
     a perceiver of 4 latents and 2 x 2 windows of latents on its 4 x 4 maps)."""
-    from unittest import mock
-
-    from transformers import AutoModel, EdgeTamConfig, EdgeTamModel, EdgeTamVideoConfig, EdgeTamVideoModel
-    from transformers.models.edgetam import modeling_edgetam
+    from transformers import EdgeTamConfig, EdgeTamModel, EdgeTamVideoConfig, EdgeTamVideoModel
 
     width = 128 if video else 32
     sam2_vision = tiny_sam2_config().to_dict()["vision_config"]
@@ -339,12 +359,23 @@ def tiny_edgetam_model(seed: int = 0, video: bool = False) -> torch.nn.Module:
     else:
         config, model_class = EdgeTamConfig(**parts), EdgeTamModel
 
+    def build() -> torch.nn.Module:
+        with repvit_stand_in():
+            return model_class(config)
+
+    return _seeded_eval_model(build, seed, video)
+
+
+@contextlib.contextmanager
+def repvit_stand_in():
+    """Inside it EdgeTAM models build `TinyRepViTStandIn` where transformers would build their RepViT through timm:
+    to build a tiny EdgeTAM, or to load a saved one with `from_pretrained`."""
+    from transformers import AutoModel
+    from transformers.models.edgetam import modeling_edgetam
+
     def from_config(sub_config):
         is_timm = sub_config.model_type == "timm_wrapper"
         return TinyRepViTStandIn() if is_timm else AutoModel.from_config(sub_config)
 
-    def build() -> torch.nn.Module:
-        with mock.patch.object(modeling_edgetam, "AutoModel", SimpleNamespace(from_config=from_config)):
-            return model_class(config)
-
-    return _seeded_eval_model(build, seed, video)
+    with mock.patch.object(modeling_edgetam, "AutoModel", SimpleNamespace(from_config=from_config)):
+        yield

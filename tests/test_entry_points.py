@@ -3,28 +3,15 @@ still load, and register MEDSA with PEFT, whatever is imported first."""
 
 import importlib
 import re
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 
+from helpers import REPO_ROOT, run_python
 from medsa_peft.cli import build_parser
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 HEAVY_MODULES = ("torch", "peft", "datasets", "monai", "SimpleITK", "nibabel", "pydicom")
 SUBPACKAGES = sorted(init.parent.name for init in REPO_ROOT.glob("medsa_peft/*/__init__.py"))
 PACKAGES = ["medsa_peft", *(f"medsa_peft.{name}" for name in SUBPACKAGES)]
-
-
-def run_python(code: str) -> str:
-    """stdout of `code` run by a fresh interpreter in the repository root; fails the test on a non-zero exit."""
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
 
 
 def subcommands() -> list[str]:
@@ -54,7 +41,7 @@ def test_help_imports_no_heavy_library(run, argv):
             assert exit.code == 0, exit.code
         print("imported:", *sorted(name for name in {HEAVY_MODULES!r} if name in sys.modules))
         """
-    )
+    ).stdout
     assert "usage:" in printed
     assert printed.splitlines()[-1] == "imported:"
 
@@ -76,7 +63,7 @@ def test_medsa_is_registered_whatever_is_imported_first(first):
         print(PEFT_TYPE_TO_CONFIG_MAPPING["MEDSA"].__name__, PEFT_TYPE_TO_TUNER_MAPPING["MEDSA"].__name__)
         print(PEFT_TYPE_TO_PREFIX_MAPPING["MEDSA"])
         """
-    )
+    ).stdout
     assert printed.split() == ["MedSAConfig", "MedSAModel", "medsa_"]
 
 

@@ -4,13 +4,20 @@ PEFT checks every one of its tuners with one battery of behaviours (`PeftCommonT
 tests/testing_common.py). These tests run the behaviours of that battery that apply to a method that cannot be
 merged, over the Med-SA variants, parametrised the way PEFT parametrises its tuners; merging must fail with a clear
 error. Behaviours that test_tuner.py and test_peft_surface.py already pin down (loading in a fresh process or from the
-Hub, switching between two loaded adapters) are not repeated. Tiny SAM, 64 px.
+Hub, switching between two loaded adapters) are not repeated.
+
+Every behaviour runs on each model of the SAM family Med-SA attaches to, tiny and random at 64 px: SAM, SAM-HQ and
+SAM 2's image predictor (adapters in the image encoder and the decoder), and the SAM 3 tracker and EdgeTAM image
+models, whose encoders are not SAM's or Hiera (adapters in the decoder only, so only the configurations that adapt
+the decoder apply there).
 """
 
 import json
 import re
 import warnings
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import pytest
@@ -29,26 +36,60 @@ from peft import (
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
 from safetensors.torch import load_file
-from transformers import AutoModel, SamModel
+from transformers import AutoModel
 
 import medsa_peft  # noqa: F401  (registers MEDSA)
 from medsa_peft import MedSAConfig
-from medsa_peft.tuner.layer import MedSALayer
+from medsa_peft.tuner.fast_paths import enable_activation_checkpointing
+from medsa_peft.tuner.layer import MedSAHieraLayer, MedSALayer
 from medsa_peft.tuner.model import VOLUME_HOOKS
-from helpers import tiny_sam_model
-from medsa_peft.tiny_sam import randomize_weights, tiny_sam_config
+from helpers import (
+    repvit_stand_in,
+    tiny_edgetam_model,
+    tiny_sam2_model,
+    tiny_sam3_tracker_model,
+    tiny_sam_hq_model,
+    tiny_sam_model,
+)
 
 SIZE = 64
 
+
+@dataclass(frozen=True)
+class Family:
+    """A model of the SAM family as the battery builds it: `build()` gives the same random weights at every call."""
+
+    build: Callable[[], torch.nn.Module]
+    encoder_layers: tuple[str, int] | None  # (layer class, count) Med-SA wraps in the image encoder; None: none
+
+
+FAMILIES = {
+    "sam": Family(tiny_sam_model, ("MedSAVisionLayer", 2)),
+    "sam-hq": Family(tiny_sam_hq_model, ("MedSAVisionLayer", 2)),
+    "sam2": Family(tiny_sam2_model, ("MedSAHieraLayer", 6)),
+    "sam3-tracker": Family(tiny_sam3_tracker_model, None),
+    "edgetam": Family(tiny_edgetam_model, None),
+}
+
 # (id, config constructor, its kwargs), as PEFT lists (name, config class, config kwargs) for its own tuners.
-CASES = [
+CONFIGS = [
     ("2d", MedSAConfig, {}),
     ("3d", MedSAConfig, {"depth_adapter": True}),
     ("official", MedSAConfig.official, {}),
     ("decoder-only", MedSAConfig, {"space_adapter": False, "mlp_adapter": False}),
 ]
+# Every configuration on every family whose encoder Med-SA adapts; on the others, those that adapt the decoder
+# (the depth adapter and the official preset adapt the image encoder only).
+CASES = [
+    (family, config_id, make_config, config_kwargs)
+    for family, spec in FAMILIES.items()
+    for config_id, make_config, config_kwargs in CONFIGS
+    if spec.encoder_layers or config_id in ("2d", "decoder-only")
+]
 each_config = pytest.mark.parametrize(
-    "make_config, config_kwargs", [case[1:] for case in CASES], ids=[case[0] for case in CASES]
+    "family, make_config, config_kwargs",
+    [(family, make_config, kwargs) for family, _, make_config, kwargs in CASES],
+    ids=[f"{family}-{config_id}" for family, config_id, _, _ in CASES],
 )
 
 
@@ -81,13 +122,15 @@ def assert_same(got: torch.Tensor, expected: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def perturb_adapter(model: torch.nn.Module, adapter_name: str = "default", seed: int = 1) -> torch.nn.Module:
-    """Move one adapter's weights, its modules_to_save copies included, away from their initialisation, as training
-    would: a fresh zero-initialised Med-SA adapter computes exactly SAM. Returns `model.eval()`."""
+def perturb_adapter(
+    model: torch.nn.Module, adapter_name: str = "default", seed: int = 1, std: float = 0.05
+) -> torch.nn.Module:
+    """Move one adapter's weights, its modules_to_save copies included, away from their initialisation by noise of
+    `std`, as training would: a fresh zero-initialised Med-SA adapter computes exactly SAM. Returns `model.eval()`."""
     generator = torch.Generator().manual_seed(seed)
     for name, param in model.named_parameters():
         if f".{adapter_name}." in name and (".medsa_" in name or ".modules_to_save." in name):
-            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+            param.add_(torch.randn(param.shape, generator=generator) * std)
     return model.eval()
 
 
@@ -105,22 +148,39 @@ def assert_adapter_gone(model: torch.nn.Module, adapter_name: str) -> None:
     assert not any(f".{adapter_name}." in name for name, _ in model.named_parameters())
 
 
+@pytest.fixture
+def sam(family: str) -> torch.nn.Module:
+    """A fresh tiny model of the family under test (the name stays PEFT's `model`, SAM's here)."""
+    return FAMILIES[family].build()
+
+
 @pytest.fixture(scope="module")
-def sam_dir(tmp_path_factory) -> str:
-    """A tiny SAM saved once and loaded by path, as PEFT's tests load their models by id."""
-    path = tmp_path_factory.mktemp("sam")
-    tiny_sam_model().save_pretrained(path)
-    return str(path)
+def saved_models() -> dict[str, str]:
+    """family -> the folder its tiny model was saved in, filled by `sam_dir`."""
+    return {}
 
 
-def load_sam(sam_dir: str) -> SamModel:
-    return SamModel.from_pretrained(sam_dir).eval()
+@pytest.fixture
+def sam_dir(family: str, saved_models: dict[str, str], tmp_path_factory) -> str:
+    """The family's tiny model saved once and loaded by path, as PEFT's tests load their models by id."""
+    if family not in saved_models:
+        path = tmp_path_factory.mktemp(f"saved-{family}")
+        FAMILIES[family].build().save_pretrained(path)
+        saved_models[family] = str(path)
+    return saved_models[family]
 
 
-def eager_sam() -> SamModel:
-    """The tiny SAM with eager attention, which returns attention weights (sdpa returns none)."""
-    model = AutoModel.from_config(tiny_sam_config(), attn_implementation="eager")
-    return randomize_weights(model).eval()
+def load_sam(sam_dir: str, **kwargs) -> torch.nn.Module:
+    """The saved model as its own class (config.json names it), in eval mode."""
+    with repvit_stand_in():  # EdgeTAM's backbone, which transformers would build through timm
+        return AutoModel.from_pretrained(sam_dir, **kwargs).eval()
+
+
+def mask_loss(outputs) -> torch.Tensor:
+    """Every output a SAM-family decoder trains: masks, IoU scores, SAM 2's object scores."""
+    loss = outputs.pred_masks.square().sum() + outputs.iou_scores.square().sum()
+    object_scores = getattr(outputs, "object_score_logits", None)
+    return loss if object_scores is None else loss + object_scores.square().sum()
 
 
 @each_config
@@ -263,8 +323,7 @@ def test_backward_reaches_the_adapters_and_nothing_else(sam, make_config, config
     config = make_config(**config_kwargs)
     model = get_peft_model(sam, config)
     model.train()
-    outputs = model(**sam_inputs(config))
-    (outputs.pred_masks.sum() + outputs.iou_scores.sum()).backward()
+    mask_loss(model(**sam_inputs(config))).backward()
     for name, param in model.named_parameters():
         if param.requires_grad:
             assert ".medsa_" in name or ".modules_to_save." in name, name
@@ -282,13 +341,15 @@ def test_reentrant_gradient_checkpointing_gives_the_same_gradients(sam, make_con
 
     def gradients() -> dict[str, torch.Tensor]:
         model.zero_grad(set_to_none=True)
-        outputs = model(**batch)
-        (outputs.pred_masks.square().sum() + outputs.iou_scores.square().sum()).backward()
+        mask_loss(model(**batch)).backward()
         return {name: param.grad.clone() for name, param in model.named_parameters() if param.requires_grad}
 
     plain = gradients()
-    model.prepare_model_for_gradient_checkpointing(model)
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    if sam.supports_gradient_checkpointing:  # transformers' switch, as PEFT's tests use it
+        model.prepare_model_for_gradient_checkpointing(model)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    else:  # SAM 2 and its kin do not declare the support their blocks have: the project's switch
+        enable_activation_checkpointing(model, use_reentrant=True)
     checkpointed = gradients()
     assert plain.keys() == checkpointed.keys()
     assert any(grad.abs().sum() > 0 for grad in plain.values())
@@ -327,7 +388,7 @@ def test_deleting_an_unknown_adapter_is_a_clear_error(sam, make_config, config_k
 
 
 @each_config
-def test_unload_gives_back_sam_without_hooks(sam, make_config, config_kwargs):
+def test_unload_gives_back_sam_without_hooks(sam, family, make_config, config_kwargs):
     config = make_config(**config_kwargs)
     batch = sam_inputs(config)
     plain = predict(sam, without_depth(batch))
@@ -340,14 +401,14 @@ def test_unload_gives_back_sam_without_hooks(sam, make_config, config_kwargs):
         expected_state.update({f"{name}.{key}": value.clone() for key, value in trained.state_dict().items()})
 
     unloaded = model.unload()
-    assert type(unloaded) is SamModel
+    assert type(unloaded) is type(sam)
     assert not any(isinstance(module, (BaseTunerLayer, AuxiliaryTrainingWrapper)) for module in unloaded.modules())
     assert not hasattr(unloaded, "peft_config") and not hasattr(unloaded, VOLUME_HOOKS)
     assert (dict(unloaded._forward_pre_hooks), dict(unloaded._forward_hooks)) == hooks
     state = unloaded.state_dict()
     assert state.keys() == expected_state.keys()
     assert all(torch.equal(state[key], expected_state[key]) for key in state)
-    expected_sam = tiny_sam_model()
+    expected_sam = FAMILIES[family].build()
     expected_sam.load_state_dict(expected_state)
     assert torch.equal(predict(unloaded, without_depth(batch)), predict(expected_sam, without_depth(batch)))
 
@@ -370,10 +431,10 @@ def test_disable_adapter_gives_sam_for_images_and_volumes(sam, make_config, conf
 
 
 @each_config
-def test_inject_adapter_in_model_computes_what_the_peft_model_computes(sam, make_config, config_kwargs):
+def test_inject_adapter_in_model_computes_what_the_peft_model_computes(sam, family, make_config, config_kwargs):
     config = make_config(**config_kwargs)
     batch = sam_inputs(config)
-    peft_model = perturb_adapter(get_peft_model(tiny_sam_model(), make_config(**config_kwargs)))
+    peft_model = perturb_adapter(get_peft_model(FAMILIES[family].build(), make_config(**config_kwargs)))
     expected = predict(peft_model, batch)
 
     injected = inject_adapter_in_model(make_config(**config_kwargs), sam)
@@ -391,20 +452,26 @@ def test_inject_adapter_in_model_computes_what_the_peft_model_computes(sam, make
 
 @pytest.mark.parametrize("recorded_before_wrapping", [True, False], ids=["recorded-before", "wrapped-first"])
 @each_config
-def test_output_hidden_states_and_attentions_as_sam_returns_them(make_config, config_kwargs, recorded_before_wrapping):
+def test_output_hidden_states_and_attentions_as_sam_returns_them(
+    sam_dir, family, make_config, config_kwargs, recorded_before_wrapping
+):
     """transformers installs its recording hooks on the first request, before or after PEFT wraps the layers."""
     config = make_config(**config_kwargs)
     batch = sam_inputs(config)
     outputs = {"output_hidden_states": True, "output_attentions": True}
-    reference = eager_sam()
+    reference = load_sam(sam_dir, attn_implementation="eager")  # sdpa returns no attention weights
     with torch.no_grad():
         expected = reference(**without_depth(batch), **outputs)
-    model = perturb_adapter(get_peft_model(reference if recorded_before_wrapping else eager_sam(), config))
+    wrapped = reference if recorded_before_wrapping else load_sam(sam_dir, attn_implementation="eager")
+    model = perturb_adapter(get_peft_model(wrapped, config))
     with torch.no_grad():
         with model.disable_adapter():
             disabled = model(**batch, **outputs)
         enabled = model(**batch, **outputs)
-    for key in ("vision_hidden_states", "vision_attentions", "mask_decoder_attentions"):
+    recorded = [key for key in ("vision_hidden_states", "vision_attentions", "mask_decoder_attentions")
+                if getattr(expected, key) is not None]  # the tiny EdgeTAM's stand-in backbone records nothing
+    assert "mask_decoder_attentions" in recorded and (len(recorded) == 3 or not FAMILIES[family].encoder_layers)
+    for key in recorded:
         assert len(getattr(expected, key)) > 0, key
         assert len(getattr(disabled, key)) == len(getattr(enabled, key)) == len(getattr(expected, key)), key
         assert all(torch.equal(got, want) for got, want in zip(getattr(disabled, key), getattr(expected, key))), key
@@ -413,10 +480,13 @@ def test_output_hidden_states_and_attentions_as_sam_returns_them(make_config, co
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @each_config
-def test_half_precision_sam_keeps_float32_adapters(sam, tmp_path, make_config, config_kwargs, dtype):
+def test_half_precision_sam_keeps_float32_adapters(sam, family, tmp_path, make_config, config_kwargs, dtype):
     config = make_config(**config_kwargs)
     batch = sam_inputs(config)
-    reference = perturb_adapter(get_peft_model(tiny_sam_model(), make_config(**config_kwargs)))
+    # What the adapters do must stand above half precision's rounding of the masks for the check to see them: alone
+    # in the decoder they move the tiny SAM-HQ's masks 40 times less than SAM's, so they are moved further there.
+    std = 0.05 if config.encoder_adapters else 0.5
+    reference = perturb_adapter(get_peft_model(FAMILIES[family].build(), make_config(**config_kwargs)), std=std)
     expected = predict(reference, batch)
     with reference.disable_adapter():
         adapters_effect = (expected - predict(reference, batch)).abs().max()
@@ -432,12 +502,14 @@ def test_half_precision_sam_keeps_float32_adapters(sam, tmp_path, make_config, c
     assert got.dtype == dtype
     assert (got.float() - expected).abs().max() < 0.2 * adapters_effect
 
-    created = get_peft_model(tiny_sam_model().to(dtype), make_config(**config_kwargs))
+    created = get_peft_model(FAMILIES[family].build().to(dtype), make_config(**config_kwargs))
     assert adapter_dtypes(created) == {torch.float32}
     set_peft_model_state_dict(created, get_peft_model_state_dict(reference))
     torch.testing.assert_close(predict(created, low), got)  # half-precision kernels round with the alignment
 
-    kept = get_peft_model(tiny_sam_model().to(dtype), make_config(**config_kwargs), autocast_adapter_dtype=False)
+    kept = get_peft_model(
+        FAMILIES[family].build().to(dtype), make_config(**config_kwargs), autocast_adapter_dtype=False
+    )
     assert adapter_dtypes(kept) == {dtype}
     assert torch.isfinite(predict(kept, low)).all()
 
@@ -452,12 +524,12 @@ def test_mixed_models_refuse_medsa_clearly(sam, make_config, config_kwargs):
 
 
 @each_config
-def test_model_and_layer_status(sam, make_config, config_kwargs):
+def test_model_and_layer_status(sam, family, make_config, config_kwargs):
     config = make_config(**config_kwargs)
     model = get_peft_model(sam, config)
     assert config.peft_type == "MEDSA" and config.peft_type.value == "MEDSA"
     status = model.get_model_status()
-    assert (status.base_model_type, status.adapter_model_type) == ("SamModel", "MedSAModel")
+    assert (status.base_model_type, status.adapter_model_type) == (type(sam).__name__, "MedSAModel")
     assert status.peft_types == {"default": "MEDSA"}
     assert status.trainable_params == sum(param.numel() for param in model.parameters() if param.requires_grad)
     assert status.enabled is True and status.active_adapters == ["default"] and status.merged_adapters == []
@@ -465,15 +537,18 @@ def test_model_and_layer_status(sam, make_config, config_kwargs):
     assert status.devices == {"default": ["cpu"]}
 
     layer_kinds = Counter(layer.module_type for layer in model.get_layer_status())
+    encoder_layer, encoder_count = FAMILIES[family].encoder_layers or ("MedSAVisionLayer", 0)
     expected_kinds = {
-        "MedSAVisionLayer": 2 if config.encoder_adapters else 0,
+        encoder_layer: encoder_count if config.encoder_adapters else 0,
         "MedSATwoWayLayer": 2 if config.decoder_adapters else 0,
         "ModulesToSaveWrapper": 1 if config.modules_to_save else 0,
     }
     assert dict(layer_kinds) == {kind: count for kind, count in expected_kinds.items() if count}
     for layer in model.modules():
-        if isinstance(layer, MedSALayer):
-            assert layer.in_features == layer.out_features == 32
+        if isinstance(layer, MedSAHieraLayer):  # a block that starts a stage widens its tokens
+            assert (layer.in_features, layer.out_features) == (layer.base_layer.dim, layer.base_layer.dim_out)
+        elif isinstance(layer, MedSALayer):
+            assert layer.in_features == layer.out_features == 32  # the tiny models' width
 
     model.base_model.disable_adapter_layers()
     assert model.get_model_status().enabled is False

@@ -1,11 +1,9 @@
 """The PEFT surface of Med-SA: save / load (folder, fresh process, offline Hub), several adapters, unload."""
 
 import json
-import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -15,9 +13,8 @@ from transformers import SamModel
 
 import medsa_peft  # noqa: F401
 from medsa_peft import MedSAConfig
-from helpers import LocalHub, randomize_adapters
+from helpers import REPO_ROOT, LocalHub, randomize_adapters, run_python
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
 
 
@@ -38,19 +35,6 @@ def assert_same_output(got, expected):
     """Equal up to float32 rounding: CPU GEMM kernels round differently with the memory alignment of the
     weights, which differs between two loads of the same files (measured: ~1e-8 on logits of order 1e-1)."""
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-
-
-def run_python(code: str, env: dict) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env={**os.environ, **env},
-        cwd=env.get("CWD", REPO_ROOT),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def test_save_then_load_in_a_fresh_process_gives_identical_outputs(sam, tmp_path):

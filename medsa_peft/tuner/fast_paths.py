@@ -12,6 +12,7 @@ All three keep the function the model computes (up to rounding) and its paramete
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 import torch.utils.checkpoint
@@ -87,10 +88,31 @@ def enable_activation_checkpointing(model: nn.Module, use_reentrant: bool = Fals
     around it: what `gradient_checkpointing_enable()` does on a SamModel, also on a `Sam2Model`, whose class does
     not declare the support although its blocks have it. `depth` reaches the re-run layers as in docs/design.md.
     With `use_reentrant=True` the patch embeddings' output is made to require gradients, so that the adapters inside
-    the checkpointed layers get theirs. Returns `model`.
+    the checkpointed layers get theirs, and tensors a layer takes by keyword are differentiated too. Returns `model`.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    checkpoint_layers(base, functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=use_reentrant))
     if use_reentrant:
+        checkpoint_layers(base, _reentrant_checkpoint)
         base.enable_input_require_grads()
+    else:
+        checkpoint_layers(base, functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False))
     return model
+
+
+def _reentrant_checkpoint(function: functools.partial, *args: Any) -> Any:
+    """torch's reentrant checkpoint, given a transformers layer's `partial(forward, layer, **kwargs)`, with the
+    tensors among `kwargs` passed as positional arguments.
+
+    Reentrant checkpointing differentiates through its positional tensors only: a tensor bound in the partial gets
+    no gradient. SAM 2's mask decoder calls its two-way blocks with `queries=` and `keys=` (the image embedding), so
+    the trained decoder and every encoder adapter above the last feature map would get none.
+    """
+    names = [name for name, value in function.keywords.items() if isinstance(value, torch.Tensor)]
+    others = {name: value for name, value in function.keywords.items() if name not in names}
+
+    def forward(*values: Any) -> Any:
+        tensors = dict(zip(names, values[len(args) :]))
+        return function.func(*function.args, *values[: len(args)], **others, **tensors)
+
+    keyword_tensors = [function.keywords[name] for name in names]
+    return torch.utils.checkpoint.checkpoint(forward, *args, *keyword_tensors, use_reentrant=True)

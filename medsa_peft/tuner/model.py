@@ -169,6 +169,26 @@ class MedSAModel(BaseTuner):
                     f"this model's decoder is built from {sorted(others)}: use decoder_block='sam'."
                 )
         use_decoder_block(model, peft_config.decoder_block)
+        self._check_encoder_is_adaptable(peft_config, model)
+
+    @staticmethod
+    def _check_encoder_is_adaptable(peft_config: MedSAConfig, model: nn.Module) -> None:
+        """Refuse, before PEFT's generic "no modules were targeted", a configuration whose encoder adapters are all it
+        has, or whose depth adapter needs them, on a model whose image encoder Med-SA does not wrap (the SAM 3 tracker's
+        ViT, EdgeTAM's RepViT): there only the decoder's two-way blocks can carry adapters."""
+        if not peft_config.encoder_adapters or not isinstance(peft_config.target_modules, str):
+            return  # nothing asked of the encoder, or the user's own target_modules
+        encoder_blocks = [block for block, layer in WRAPPED_BLOCKS.items() if layer is not MedSATwoWayLayer]
+        if any(isinstance(module, tuple(encoder_blocks)) for module in model.modules()):
+            return
+        if peft_config.depth_adapter or not peft_config.decoder_adapters:
+            wanted = "a depth adapter (SD-Trans)" if peft_config.depth_adapter else "encoder adapters only"
+            raise ValueError(
+                f"this MedSAConfig asks for {wanted}, but {type(model).__name__}'s image encoder has none of the "
+                f"layers Med-SA adapts ({', '.join(sorted(block.__name__ for block in encoder_blocks))}); on this "
+                "model only the mask decoder's two-way blocks take adapters: use MedSAConfig(depth_adapter=False) "
+                "with the decoder adapters (the default), or MedSAConfig(space_adapter=False, mlp_adapter=False)."
+            )
 
     def _get_module_names_tied_with_embedding(self) -> list[str]:
         """None where the model declares no tied weights, as every SAM-family model does: PEFT's check would read
