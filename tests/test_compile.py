@@ -11,9 +11,9 @@ from peft import get_peft_model
 import medsa_peft  # noqa: F401  (registers MEDSA)
 from medsa_peft import MedSAConfig
 from medsa_peft.tuner.adapters import SHORT_SEQUENCE_MAX, depth_attention, rel_pos_attention, short_sequence_attention
-from medsa_peft.tuner.layer import MedSATwoWayLayer, MedSAVisionLayer
+from medsa_peft.tuner.layer import MedSAHieraLayer, MedSATwoWayLayer, MedSAVisionLayer
 from medsa_peft.tuner.fast_paths import compile_sam_layers, use_fused_attention
-from helpers import tiny_sam_model
+from helpers import tiny_sam2_model, tiny_sam_model
 
 COMPILE = {"backend": "aot_eager", "fullgraph": True}
 
@@ -115,6 +115,23 @@ def test_vision_layer_compiles_in_one_graph_and_matches_eager(sam, layer_index, 
         use_fused_attention(model)
     layer = layers_of(model, MedSAVisionLayer)[layer_index]
     tokens = torch.randn(4, 8, 8, 32, requires_grad=True)
+    adapters = [p for p in layer.parameters() if p.requires_grad]
+
+    expected, expected_grads = output_and_grads(lambda x: layer(x, depth=2), [tokens], adapters)
+    compiled = torch.compile(layer, **COMPILE)
+    got, got_grads = output_and_grads(lambda x: compiled(x, depth=2), [tokens], adapters)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    for got_grad, expected_grad in zip(got_grads, expected_grads):
+        torch.testing.assert_close(got_grad, expected_grad, rtol=1e-4, atol=1e-6)
+
+
+# (Hiera block of the tiny SAM 2, its input grid): windowed; pooling into the next stage; global; padded windows
+@pytest.mark.parametrize(
+    "block, grid", [(0, 16), (1, 16), (2, 8), (4, 4)], ids=["windowed", "pooling", "global", "padded"]
+)
+def test_hiera_layer_compiles_in_one_graph_and_matches_eager(block, grid):
+    layer = layers_of(official_3d(tiny_sam2_model()), MedSAHieraLayer)[block]
+    tokens = torch.randn(4, grid, grid, layer.in_features, requires_grad=True)
     adapters = [p for p in layer.parameters() if p.requires_grad]
 
     expected, expected_grads = output_and_grads(lambda x: layer(x, depth=2), [tokens], adapters)
