@@ -505,7 +505,9 @@ def test_half_precision_sam_keeps_float32_adapters(sam, family, tmp_path, make_c
     created = get_peft_model(FAMILIES[family].build().to(dtype), make_config(**config_kwargs))
     assert adapter_dtypes(created) == {torch.float32}
     set_peft_model_state_dict(created, get_peft_model_state_dict(reference))
-    torch.testing.assert_close(predict(created, low), got)  # half-precision kernels round with the alignment
+    # the same weights: equal up to a rounding step of the dtype (half-precision kernels round with the alignment)
+    rounding = torch.finfo(dtype).eps * got.float().abs().max().item()
+    torch.testing.assert_close(predict(created, low), got, rtol=0, atol=2 * rounding)
 
     kept = get_peft_model(
         FAMILIES[family].build().to(dtype), make_config(**config_kwargs), autocast_adapter_dtype=False
