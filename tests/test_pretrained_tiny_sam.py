@@ -76,7 +76,8 @@ def test_synthetic_shapes_are_seeded_and_hold_a_visible_target():
 
 def test_pretraining_script_saves_a_loadable_model_with_its_card(tmp_path, monkeypatch):
     script = load_script()
-    monkeypatch.setattr(script, "model_config", lambda: tiny_sam_config())  # 64 x 64 input: seconds, not minutes
+    # 64 x 64 input: seconds, not minutes
+    monkeypatch.setattr(script, "model_config", lambda patch_size: tiny_sam_config())
     output = tmp_path / "sam"
     output.mkdir()
     (output / "stale.txt").write_text("from an earlier run")
