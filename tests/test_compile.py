@@ -51,6 +51,17 @@ def output_and_grads(function, inputs, parameters):
     return out.detach(), grads
 
 
+def assert_compiled_layer_matches_eager(layer, tokens):
+    """The encoder layer compiled whole (fullgraph) gives eager's output and gradients on a volume of 2 slices."""
+    adapters = [p for p in layer.parameters() if p.requires_grad]
+    expected, expected_grads = output_and_grads(lambda x: layer(x, depth=2), [tokens], adapters)
+    compiled = torch.compile(layer, **COMPILE)
+    got, got_grads = output_and_grads(lambda x: compiled(x, depth=2), [tokens], adapters)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    for got_grad, expected_grad in zip(got_grads, expected_grads):
+        torch.testing.assert_close(got_grad, expected_grad, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("window_size", [6, 0], ids=["windowed-padded", "global"])
 def test_fused_attention_is_sams_attention(window_size):
     """Same output and gradients as SAM's own attention, padding of the windows included (16 = 6 + 6 + 4)."""
@@ -115,14 +126,7 @@ def test_vision_layer_compiles_in_one_graph_and_matches_eager(sam, layer_index, 
         use_fused_attention(model)
     layer = layers_of(model, MedSAVisionLayer)[layer_index]
     tokens = torch.randn(4, 8, 8, 32, requires_grad=True)
-    adapters = [p for p in layer.parameters() if p.requires_grad]
-
-    expected, expected_grads = output_and_grads(lambda x: layer(x, depth=2), [tokens], adapters)
-    compiled = torch.compile(layer, **COMPILE)
-    got, got_grads = output_and_grads(lambda x: compiled(x, depth=2), [tokens], adapters)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-    for got_grad, expected_grad in zip(got_grads, expected_grads):
-        torch.testing.assert_close(got_grad, expected_grad, rtol=1e-4, atol=1e-6)
+    assert_compiled_layer_matches_eager(layer, tokens)
 
 
 # (Hiera block of the tiny SAM 2, its input grid): windowed; pooling into the next stage; global; padded windows
@@ -132,14 +136,7 @@ def test_vision_layer_compiles_in_one_graph_and_matches_eager(sam, layer_index, 
 def test_hiera_layer_compiles_in_one_graph_and_matches_eager(block, grid):
     layer = layers_of(official_3d(tiny_sam2_model()), MedSAHieraLayer)[block]
     tokens = torch.randn(4, grid, grid, layer.in_features, requires_grad=True)
-    adapters = [p for p in layer.parameters() if p.requires_grad]
-
-    expected, expected_grads = output_and_grads(lambda x: layer(x, depth=2), [tokens], adapters)
-    compiled = torch.compile(layer, **COMPILE)
-    got, got_grads = output_and_grads(lambda x: compiled(x, depth=2), [tokens], adapters)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-    for got_grad, expected_grad in zip(got_grads, expected_grads):
-        torch.testing.assert_close(got_grad, expected_grad, rtol=1e-4, atol=1e-6)
+    assert_compiled_layer_matches_eager(layer, tokens)
 
 
 def test_two_way_layer_with_hyper_adapter_compiles_in_one_graph_and_matches_eager(sam):
