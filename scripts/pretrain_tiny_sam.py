@@ -2,6 +2,7 @@
 
     python scripts/pretrain_tiny_sam.py                      # the shipped model (10-20 minutes on 2 CPU cores)
     python scripts/pretrain_tiny_sam.py --steps 50 --output /tmp/sam-try
+    python scripts/pretrain_tiny_sam.py --patch_size 4 --output outputs/sam-tiny-p4   # 32 x 32 tokens, ~4x slower
 
 Every weight of a 128 x 128 SAM (16 x 16 tokens, 4 encoder layers, 2 of them global) starts from the random
 initialisation of SAM's own code (`starting_model`) and trains with AdamW, warm-up and cosine decay, on
@@ -213,7 +214,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=default_model_path(), help="folder to save the model in")
     parser.add_argument("--steps", type=int, default=6000)
-    parser.add_argument("--patch_size", type=int, default=8, choices=(4, 8), help="pixels per token side (128 px input)")
+    parser.add_argument(
+        "--patch_size", type=int, default=8, choices=(4, 8), help="pixels per token side of the 128 px input"
+    )
     parser.add_argument("--batch_size", type=int, default=4, help="images per step")
     parser.add_argument("--targets_per_image", type=int, default=4, help="objects prompted per image")
     parser.add_argument("--learning_rate", type=float, default=1e-3)
