@@ -12,6 +12,7 @@ All three keep the function the model computes (up to rounding) and its paramete
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -99,7 +100,7 @@ def enable_activation_checkpointing(model: nn.Module, use_reentrant: bool = Fals
     return model
 
 
-def _reentrant_checkpoint(function: functools.partial, *args: Any) -> Any:
+def _reentrant_checkpoint(function: Callable[..., Any], *args: Any) -> Any:
     """torch's reentrant checkpoint, given a transformers layer's `partial(forward, layer, **kwargs)`, with the
     tensors among `kwargs` passed as positional arguments.
 
@@ -107,6 +108,8 @@ def _reentrant_checkpoint(function: functools.partial, *args: Any) -> Any:
     no gradient. SAM 2's mask decoder calls its two-way blocks with `queries=` and `keys=` (the image embedding), so
     the trained decoder and every encoder adapter above the last feature map would get none.
     """
+    if not isinstance(function, functools.partial):
+        return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=True)
     names = [name for name, value in function.keywords.items() if isinstance(value, torch.Tensor)]
     others = {name: value for name, value in function.keywords.items() if name not in names}
 
