@@ -177,7 +177,7 @@ class MedSAModel(BaseTuner):
         has, or whose depth adapter needs them, on a model whose image encoder Med-SA does not wrap (the SAM 3 tracker's
         ViT, EdgeTAM's RepViT): there only the decoder's two-way blocks can carry adapters."""
         if not peft_config.encoder_adapters or not isinstance(peft_config.target_modules, str):
-            return  # nothing asked of the encoder, or the user's own target_modules
+            return  # nothing asked of the encoder, or target_modules listed by name (PEFT reports a missing one)
         encoder_blocks = [block for block, layer in WRAPPED_BLOCKS.items() if layer is not MedSATwoWayLayer]
         if any(isinstance(module, tuple(encoder_blocks)) for module in model.modules()):
             return
