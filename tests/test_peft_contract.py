@@ -150,7 +150,7 @@ def assert_adapter_gone(model: torch.nn.Module, adapter_name: str) -> None:
 
 @pytest.fixture
 def sam(family: str) -> torch.nn.Module:
-    """A fresh tiny model of the family under test (the name stays PEFT's `model`, SAM's here)."""
+    """A fresh tiny model of the family under test (called `sam` whatever the family, as in the other modules)."""
     return FAMILIES[family].build()
 
 
