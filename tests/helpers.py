@@ -132,6 +132,19 @@ def randomize_adapters(model: torch.nn.Module, std: float = 0.05, seed: int = 1)
     return model.eval()
 
 
+@torch.no_grad()
+def perturb_adapter(
+    model: torch.nn.Module, adapter_name: str = "default", seed: int = 1, std: float = 0.05
+) -> torch.nn.Module:
+    """Move one adapter's weights, its modules_to_save copies included, away from their initialisation by noise of
+    `std`, as training would: a fresh zero-initialised Med-SA adapter computes exactly SAM. Returns `model.eval()`."""
+    generator = torch.Generator().manual_seed(seed)
+    for name, param in model.named_parameters():
+        if f".{adapter_name}." in name and (".medsa_" in name or ".modules_to_save." in name):
+            param.add_(torch.randn(param.shape, generator=generator) * std)
+    return model.eval()
+
+
 def tiny_sam_hq_model(seed: int = 0) -> torch.nn.Module:
     """A tiny `SamHQModel` in eval mode with real random weights: `tiny_sam_config`'s sizes (64 px, 8 x 8 tokens,
     layer 0 in 4 x 4 windows, layer 1 global), plus SAM-HQ's HQ token and its feature layers."""

@@ -44,6 +44,7 @@ from medsa_peft.tuner.fast_paths import enable_activation_checkpointing
 from medsa_peft.tuner.layer import MedSAHieraLayer, MedSALayer
 from medsa_peft.tuner.model import VOLUME_HOOKS
 from helpers import (
+    perturb_adapter,
     repvit_stand_in,
     tiny_edgetam_model,
     tiny_sam2_model,
@@ -119,19 +120,6 @@ def predict(model: torch.nn.Module, batch: dict) -> torch.Tensor:
 def assert_same(got: torch.Tensor, expected: torch.Tensor) -> None:
     """Equal up to float32 rounding (two loads of the same weights may sit at differently aligned addresses)."""
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-
-
-@torch.no_grad()
-def perturb_adapter(
-    model: torch.nn.Module, adapter_name: str = "default", seed: int = 1, std: float = 0.05
-) -> torch.nn.Module:
-    """Move one adapter's weights, its modules_to_save copies included, away from their initialisation by noise of
-    `std`, as training would: a fresh zero-initialised Med-SA adapter computes exactly SAM. Returns `model.eval()`."""
-    generator = torch.Generator().manual_seed(seed)
-    for name, param in model.named_parameters():
-        if f".{adapter_name}." in name and (".medsa_" in name or ".modules_to_save." in name):
-            param.add_(torch.randn(param.shape, generator=generator) * std)
-    return model.eval()
 
 
 def assert_adapter_gone(model: torch.nn.Module, adapter_name: str) -> None:

@@ -23,7 +23,15 @@ from transformers import Sam2Model, Sam2Processor, Sam2VideoConfig, Sam2VideoMod
 from transformers.models.sam2.modeling_sam2 import Sam2MultiScaleBlock
 
 import medsa_peft  # noqa: F401  (registers MEDSA)
-from helpers import LocalHub, randomize_adapters, run_python, tiny_sam2_config, tiny_sam2_model, tiny_sam_hq_model
+from helpers import (
+    LocalHub,
+    perturb_adapter,
+    randomize_adapters,
+    run_python,
+    tiny_sam2_config,
+    tiny_sam2_model,
+    tiny_sam_hq_model,
+)
 from medsa_peft import MedSAConfig, use_fused_attention
 from medsa_peft.tuner.fast_paths import enable_activation_checkpointing
 from medsa_peft.tuner.layer import MedSAHieraLayer, MedSALayer, MedSATwoWayLayer, MedSAVisionLayer
@@ -63,16 +71,6 @@ def without_depth(batch: dict) -> dict:
 @torch.no_grad()
 def predict(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     return model(**batch).pred_masks
-
-
-@torch.no_grad()
-def trained(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
-    """Every trainable parameter (adapters, modules_to_save copies) moved away from its start, as training would."""
-    generator = torch.Generator().manual_seed(seed)
-    for param in model.parameters():
-        if param.requires_grad:
-            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
-    return model.eval()
 
 
 @each_family
@@ -174,7 +172,7 @@ def test_load_by_repo_id_from_an_offline_hub_cache(family, tmp_path):
     plain_model(family).save_pretrained(tmp_path / "base")
     hub.publish_folder(f"org/tiny-{family}", tmp_path / "base")
     config = MedSAConfig(depth_adapter=True)
-    model = trained(get_peft_model(plain_model(family), config))
+    model = perturb_adapter(get_peft_model(plain_model(family), config))
     model.save_pretrained(tmp_path / "adapter")
     hub.publish_folder(f"user/medsa-{family}", tmp_path / "adapter")
     batch = inputs(config)
@@ -201,7 +199,7 @@ def test_load_by_repo_id_from_an_offline_hub_cache(family, tmp_path):
 @pytest.mark.parametrize("use_reentrant", [False, True], ids=["non-reentrant", "reentrant"])
 def test_activation_checkpointing_keeps_depth_and_the_gradients(family, use_reentrant):
     config = MedSAConfig(depth_adapter=True)
-    model = trained(get_peft_model(plain_model(family), config)).train()
+    model = perturb_adapter(get_peft_model(plain_model(family), config)).train()
     batch = inputs(config)
 
     def gradients() -> dict[str, torch.Tensor]:
@@ -228,7 +226,7 @@ def test_activation_checkpointing_keeps_depth_and_the_gradients(family, use_reen
 def test_bf16_model_and_bf16_autocast(family):
     config = MedSAConfig(depth_adapter=True)
     batch = inputs(config)
-    reference = trained(get_peft_model(plain_model(family), config))
+    reference = perturb_adapter(get_peft_model(plain_model(family), config))
     expected = predict(reference, batch)
     with reference.disable_adapter():
         adapters_effect = (expected - predict(reference, batch)).abs().max()
