@@ -14,9 +14,11 @@ evaluation clicks (`--eval_seed`, fixed across the seeds).
 
 Rows besides the entries:
 - "untrained": each run's scores before training (the base SAM; identical across runs whose methods start as SAM).
-- "no model: union of truth": where the data set has two classes or more, every class predicted as the union of
-  all classes' truth on the same evaluation cases, without a model or a prompt: what "find the labelled tissue
-  near the click" alone scores, which an adapted model should beat.
+- "no model: all labelled voxels": every class predicted as every labelled voxel of the label map (any value but 0:
+  the union of all classes, and of labelled structures that are no class, such as the MNI152 demo's grey matter) on
+  the same evaluation cases, without a model or a prompt: what "find the labelled tissue near the click" alone
+  scores, which an adapted model should beat. Left out where it is the truth itself (one class, nothing else
+  labelled).
 
 Time is the whole `train` call (data preparation, every evaluation, the steps); peak memory is the run process's
 peak resident set on the CPU (DataLoader workers not counted), `torch.cuda.max_memory_allocated` on a GPU.
@@ -39,6 +41,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import HfArgumentParser
 
@@ -49,7 +52,7 @@ from medsa_peft.training import MedSATrainingArguments, train
 from medsa_peft.training.arguments import METHODS
 from medsa_peft.training.model_card import CARD_METRICS, hub_model_id
 
-REFERENCE = "no model: union of truth"
+REFERENCE = "no model: all labelled voxels"
 UNTRAINED = "untrained"
 # options that name places on this machine: left out of the JSON written for the reader
 PATH_OPTIONS = ("model_name_or_path", "data_dir", "cache_dir", "output_dir")
@@ -132,28 +135,27 @@ def run_fresh(arguments: MedSATrainingArguments) -> dict:
         return pool.submit(measured_run, arguments).result()
 
 
-def union_reference(arguments: MedSATrainingArguments) -> dict[str, float] | None:
-    """Scores, on the evaluation cases of `arguments`, of predicting every class as the union of all classes'
-    truth (no model, no prompt); None for a data set of one class (the union would be the truth)."""
+def labelled_reference(arguments: MedSATrainingArguments) -> dict[str, float] | None:
+    """Scores, on the evaluation cases of `arguments`, of predicting every class as every labelled voxel (label
+    not 0; no model, no prompt); None where that is the truth of every case (nothing labelled but one class)."""
     data = arguments.prepared_dataset()
-    if len(data.classes) < 2:
-        return None
-    every_value = [value for values in data.classes.values() for value in values]
     per_volume: dict[str, dict] = defaultdict(dict)
     cases = 0
+    informative = False
     for example in data.evaluation:  # the cases of `evaluate_model`: (example, class present), in its order
         decoded = decode_example(example, data.modality)
-        union = decoded.class_mask(every_value)
+        labelled = decoded.label != 0
         for class_name, values in data.classes.items():
             truth = decoded.class_mask(values)
             if not truth.any() or (arguments.max_eval_cases is not None and cases >= arguments.max_eval_cases):
                 continue
             cases += 1
-            prediction, spacing = union, decoded.spacing
+            informative |= not np.array_equal(labelled, truth)
+            prediction, spacing = labelled, decoded.spacing
             if truth.shape[2] == 1:  # a 2D image is scored in 2D, as evaluation does
-                prediction, truth, spacing = union[..., 0], truth[..., 0], spacing[:2]
+                prediction, truth, spacing = labelled[..., 0], truth[..., 0], spacing[:2]
             per_volume[decoded.id][class_name] = mask_scores(prediction, truth, spacing)
-    return summarize(list(per_volume.values()))
+    return summarize(list(per_volume.values())) if informative else None
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -166,8 +168,9 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def metric_keys(classes: list[str]) -> list[str]:
-    """Summary keys of the table: each metric's mean over classes, then per class."""
-    return [key for metric in CARD_METRICS for key in (metric, *(f"{metric}/{name}" for name in classes))]
+    """Summary keys of the table: each metric's mean over classes, then, for two classes or more, per class."""
+    per_class = classes if len(classes) > 1 else []
+    return [key for metric in CARD_METRICS for key in (metric, *(f"{metric}/{name}" for name in per_class))]
 
 
 def table_rows(
@@ -252,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
         dice = result["metrics"]["after"]["dice"]
         peak = result["peak_memory_bytes"] / 2**20
         logger.info(f"  mean Dice {dice:.4f}, {result['seconds']:.0f} s, peak {peak:.0f} MiB")
-    reference = union_reference(runs[0])
+    reference = labelled_reference(runs[0])
     first = results[entries[0]][0]
     classes = [key.split("/", 1)[1] for key in first["metrics"]["after"] if key.startswith("dice/")]
     rows = table_rows(entries, results, reference, classes)

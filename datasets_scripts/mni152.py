@@ -1,4 +1,5 @@
-"""The embedded default data set: the MNI ICBM152 2009 T1 template with grey- and white-matter labels.
+"""The embedded default data set: the MNI ICBM152 2009 T1 template with grey- and white-matter labels; its task is
+white matter.
 
 The nilearn wheel carries the template and its tissue probability maps (nilearn/datasets/data/), so this
 builder works offline and needs no `data_dir`. See docs/data.md (the embedded default) for the label rule and slabs.
@@ -9,6 +10,11 @@ p_background = max(0, 1 - p_grey - p_white); ties go to the lower label. The vol
 partial slab is dropped, as are slabs without tissue. Slab k goes to the test split when
 k % test_period == test_period - 1, else to train. "3d" serves the slabs as volumes, "2d" the axial slices
 of those slabs that hold tissue, so the two configs split the template identically.
+
+The class is white matter alone (`DEMO_CLASSES`); the label maps keep grey matter as 1, so both tissues are a
+`classes={"grey_matter": [1], "white_matter": [2]}` away. Why not both by default: the two tissues fill one region,
+so the clicks or box of either class fall on the same place and only the intensity under a click could tell SAM
+which class is meant; the shipped tiny SAM does not learn that (docs/data.md, "The embedded default").
 """
 
 from __future__ import annotations
@@ -25,14 +31,17 @@ from ._common import SegmentationConfig, image_features, volume_features
 
 __all__ = [
     "MNI152",
+    "DEMO_CLASSES",
     "MNI152Config",
+    "TISSUE_LABELS",
     "load_template",
     "slab_ranges",
     "split_slabs",
     "tissue_labels",
 ]
 
-TISSUE_CLASSES = {"grey_matter": (1,), "white_matter": (2,)}
+TISSUE_LABELS = {"grey_matter": (1,), "white_matter": (2,)}  # the values of the label maps
+DEMO_CLASSES = {"white_matter": TISSUE_LABELS["white_matter"]}  # the classes served: the demo's task
 
 
 @dataclasses.dataclass
@@ -105,15 +114,16 @@ def _config(name: str, volumes: bool) -> MNI152Config:
     kind = "disjoint axial slabs as NIfTI volumes" if volumes else "axial slices of those slabs as images"
     return MNI152Config(
         name=name,
-        description=f"MNI ICBM152 2009 T1 template, grey/white matter labels; {kind}",
-        classes=dict(TISSUE_CLASSES),
+        description=f"MNI ICBM152 2009 T1 template, grey/white matter labels, white matter as the class; {kind}",
+        classes=dict(DEMO_CLASSES),
         modality="mri",
         volumes=volumes,
     )
 
 
 class MNI152(datasets.GeneratorBasedBuilder):
-    """MNI ICBM152 2009 symmetric T1 template with grey / white matter labels, from the nilearn wheel (offline)."""
+    """MNI ICBM152 2009 symmetric T1 template with grey / white matter labels (white matter the class), from the
+    nilearn wheel (offline)."""
 
     BUILDER_CONFIG_CLASS = MNI152Config
     BUILDER_CONFIGS = [_config("3d", volumes=True), _config("2d", volumes=False)]

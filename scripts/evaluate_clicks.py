@@ -6,8 +6,9 @@ an adapter and the SAM it adapts (the adapter switched off), side by side, on a 
     python scripts/evaluate_clicks.py --adapter runs/btcv/adapter --model facebook/sam-vit-base --dataset btcv \
         --data_dir ~/data/BTCV --volume_depth 8 --device cuda
 
-The defaults are the demo's: the embedded MNI152 MRI test slices (`--dataset mni152 --dataset_config 2d`) and the
-shipped tiny SAM when the adapter names no base model. Prints one Markdown table row per model and click count.
+The defaults are the demo's: the embedded MNI152 MRI test slices and their white matter (`--dataset mni152
+--dataset_config 2d`; both tissues: `--classes '{"grey_matter": [1], "white_matter": [2]}'`) and the shipped tiny
+SAM when the adapter names no base model. Prints one Markdown table row per model and click count.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="mni152", help="as examples/train.py's --dataset")
     parser.add_argument("--dataset_config", default="2d", help="builder config (mni152: 2d or 3d)")
     parser.add_argument("--data_dir", help="the manual download of a builder's data set")
+    parser.add_argument("--classes", help="classes as JSON, as examples/train.py's --classes (default: the data's)")
     parser.add_argument("--clicks", type=int, nargs="+", default=[1, 3, 5], help="click counts to score")
     parser.add_argument("--volume_depth", type=int, default=1, help="chunk depth of a depth (SD-Trans) adapter")
     parser.add_argument("--max_cases", type=int, help="cap on (example, class) cases")
@@ -39,7 +41,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    data = prepare_dataset(args.dataset, args.dataset_config, args.data_dir)
+    data = prepare_dataset(args.dataset, args.dataset_config, args.data_dir, classes=args.classes)
     try:
         model = load_medsa_model(args.adapter, args.model, device=args.device)
     except ValueError:  # the demo's adapters name no base: they adapt the shipped tiny SAM

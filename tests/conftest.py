@@ -8,11 +8,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import importlib
+import sys
+
 import pytest
 import torch
 
 from folder_layouts import template_cases
-from helpers import tiny_sam_model
+from helpers import REPO_ROOT, tiny_sam_model
 from medsa_peft.tiny_sam import tiny_sam_config
 
 
@@ -28,6 +31,14 @@ def tiny_sam_dir(tmp_path_factory) -> str:
 def dataset_cache(tmp_path_factory) -> str:
     """A `datasets` cache folder shared by the tests of one module (the embedded data set is prepared once)."""
     return str(tmp_path_factory.mktemp("datasets-cache"))
+
+
+@pytest.fixture
+def compare_methods(monkeypatch):
+    """benchmarks/compare_methods.py as a module (a script, not part of the package)."""
+    monkeypatch.syspath_prepend(str(REPO_ROOT / "benchmarks"))
+    monkeypatch.delitem(sys.modules, "compare_methods", raising=False)
+    return importlib.import_module("compare_methods")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from medsa_peft.data.prompts import PromptSpec, correction_click
 from medsa_peft.evaluation.scoring import evaluate_interactive, evaluate_model
 from medsa_peft.inference import MedSAPredictor, PromptError, SlicePrompt
 from medsa_peft.io import read_image
-from helpers import randomize_adapters
+from helpers import randomize_adapters, run_python
 
 CLICKS = [SlicePrompt(points=[(5, 6), (15, 12)], labels=[1, 0])] * 3
 
@@ -407,3 +407,25 @@ def test_interactive_evaluation_starts_with_the_click_evaluation_and_rises_with_
     assert encoder.calls == 3 and set(real) == {1, 2}
     with pytest.raises(ValueError, match="clicks must be counts of 1 or more"):
         evaluate_interactive(model, split, classes, "photo", frame, clicks=(0, 2))
+
+
+@pytest.mark.parametrize(
+    "classes, columns",
+    [(None, ["white_matter"]), ('{"grey_matter": [1], "white_matter": [2]}', ["grey_matter", "white_matter"])],
+)
+def test_evaluate_clicks_scores_the_demo_class_or_the_classes_asked_for(sam, tmp_path, classes, columns):
+    sam_dir, adapter_dir = saved_model(sam, tmp_path, depth_adapter=False)
+    options = ["--adapter", str(adapter_dir), "--model", str(sam_dir), "--clicks", "1", "2", "--max_cases", "2"]
+    options += ["--classes", classes] if classes else []
+    result = run_python(
+        f"""
+        import sys, runpy
+        sys.argv = ["evaluate_clicks.py", *{options!r}]
+        runpy.run_path("scripts/evaluate_clicks.py", run_name="__main__")
+        """
+    )
+    header, _, *rows = [line for line in result.stdout.splitlines() if line.startswith("|")]
+    assert header == "| model | clicks | " + " | ".join(columns) + " | mean |"
+    assert [row.split(" | ")[:2] for row in rows] == [
+        ["| SAM (adapter off)", "1"], ["| SAM (adapter off)", "2"], ["| Med-SA", "1"], ["| Med-SA", "2"]
+    ]

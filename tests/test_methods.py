@@ -1,10 +1,8 @@
 """`--method medsa|lora|decoder|full`: what trains, what a run writes and how it loads; evaluation clicks fixed
 apart from the training seed; benchmarks/compare_methods.py end to end."""
 
-import importlib
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,6 @@ from medsa_peft.inference import MedSAPredictor, SlicePrompt
 from medsa_peft.training import MedSATrainingArguments, train
 from medsa_peft.training.methods import count_trainable, trainable_model, trains_unused_parameters
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def quick_training(tiny_sam_dir, dataset_cache, output_dir, **overrides) -> MedSATrainingArguments:
@@ -71,7 +68,7 @@ def test_each_method_trains_through_the_loop_and_writes_what_loads(
         assert changed(base, loaded, "mask_decoder.")
         assert changed(base, loaded, "vision_encoder.") == (method == "full")
     card = (saved / "README.md").read_text()
-    assert f"| {'grey_matter'} |" in card and tiny_sam_dir not in card
+    assert "| white_matter |" in card and tiny_sam_dir not in card
     assert ("library_name: peft" in card) == ("PeftModel.from_pretrained" in card) == (folder == "adapter")
 
 
@@ -155,19 +152,13 @@ def test_evaluation_clicks_follow_eval_seed_not_the_training_seed(tiny_sam_dir, 
     assert [case[:2] for case in other_clicks] == [case[:2] for case in first_cases] and other_clicks != first_cases
 
 
-@pytest.fixture
-def compare_methods(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    monkeypatch.delitem(sys.modules, "compare_methods", raising=False)
-    return importlib.import_module("compare_methods")
-
-
 def test_comparison_runs_end_to_end_and_writes_the_table_with_the_reference(
     compare_methods, tiny_sam_dir, dataset_cache, tmp_path
 ):
     output = tmp_path / "compare"
     options = ["--model", tiny_sam_dir, "--cache_dir", dataset_cache, "--max_steps", "2", "--max_eval_cases", "2"]
     options += ["--eval_every", "0", "--checkpointing_steps", "0", "--report_to", "none", "--num_workers", "0"]
+    options += ["--classes", '{"grey_matter": [1], "white_matter": [2]}']  # both tissues: a column per class
     entries = ["--methods", "lora --lora_rank 2", "--seeds", "3", "--output_dir", str(output)]
     report = compare_methods.main([*entries, "--in_process", *options])
     assert (output / "lora_lora_rank_2" / "seed-3" / "adapter" / "adapter_model.safetensors").exists()
@@ -177,7 +168,7 @@ def test_comparison_runs_end_to_end_and_writes_the_table_with_the_reference(
     assert [line.split(" | ")[0] for line in lines[2:]] == [
         "| untrained",
         "| lora --lora_rank 2",
-        "| no model: union of truth",
+        "| no model: all labelled voxels",
     ]
     written = json.loads((output / "comparison.json").read_text())
     assert written == json.loads(json.dumps(report)) and written["seeds"] == [3]
@@ -197,13 +188,24 @@ def test_comparison_runs_end_to_end_and_writes_the_table_with_the_reference(
     assert again == report and adapter.stat().st_mtime_ns == written_at  # same options: the run is reused
 
 
-def test_the_union_reference_scores_the_union_and_needs_two_classes(compare_methods, dataset_cache):
-    def reference(classes: str):
-        return compare_methods.union_reference(MedSATrainingArguments(cache_dir=dataset_cache, classes=classes))
+def test_the_table_has_a_column_per_class_only_for_two_classes_or_more(compare_methods):
+    assert compare_methods.metric_keys(["white_matter"]) == ["dice", "iou", "hd95"]
+    assert compare_methods.metric_keys(["disc", "cup"]) == [
+        "dice", "dice/disc", "dice/cup", "iou", "iou/disc", "iou/cup", "hd95", "hd95/disc", "hd95/cup"
+    ]
+
+
+def test_the_reference_predicts_every_labelled_voxel_and_is_left_out_where_that_is_the_truth(
+    compare_methods, dataset_cache
+):
+    def reference(classes: str | None):
+        return compare_methods.labelled_reference(MedSATrainingArguments(cache_dir=dataset_cache, classes=classes))
 
     scores = reference('{"grey_matter": [1], "tissue": [1, 2]}')
     assert (scores["dice/tissue"], scores["iou/tissue"], scores["hd95/tissue"]) == (1.0, 1.0, 0.0)
     assert 0 < scores["dice/grey_matter"] < 1
+    demo = reference(None)  # the demo's white matter, against all tissue: grey matter is labelled, not a class
+    assert demo == reference('{"white_matter": [2]}') and 0 < demo["dice/white_matter"] < 1
     assert reference('{"tissue": [1, 2]}') is None
 
 

@@ -50,10 +50,13 @@ def test_slabs_are_full_and_disjoint():
     assert slab_ranges(16, 8) == [(0, 8), (8, 16)]
 
 
-def test_both_configs_describe_mri_with_grey_and_white_matter(prepared):
+def test_both_configs_describe_mri_with_white_matter_as_the_class(prepared):
     for builder, _ in prepared.values():
         assert builder.config.modality == "mri"
-        assert builder.config.classes == {"grey_matter": (1,), "white_matter": (2,)}
+        assert builder.config.classes == {"white_matter": (2,)}
+    # grey matter stays labelled (1): classes='{"grey_matter": [1], "white_matter": [2]}' selects both tissues
+    slab, picture = prepared["3d"][1]["test"][0]["label"], prepared["2d"][1]["test"][0]["label"]
+    assert set(np.unique(np.asanyarray(slab.dataobj))) == set(np.unique(np.asarray(picture))) == {0, 1, 2}
     assert MNI152.DEFAULT_CONFIG_NAME == "3d"
     # the 2d pictures are axial slices in canonical order: overlays show them in radiological view
     assert prepared["2d"][0].config.axial_pictures and not prepared["3d"][0].config.axial_pictures

@@ -58,8 +58,9 @@ def environment():
     return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def test_the_demo_without_arguments_learns_offline(tmp_path):
-    """The README's main command, as written, in an empty folder with an empty Hugging Face home."""
+def test_the_demo_without_arguments_learns_offline(tmp_path, compare_methods, dataset_cache):
+    """The README's main command, as written, in an empty folder with an empty Hugging Face home: it learns white
+    matter well above the untrained model and above predicting all labelled tissue (no model)."""
     result = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", TRAIN_SCRIPT],
         cwd=tmp_path,
@@ -73,10 +74,11 @@ def test_the_demo_without_arguments_learns_offline(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["dataset"] == "mni152" and metrics["evaluation_split"] == "test" and metrics["steps"] == 600
     before, after = metrics["before"], metrics["after"]
-    assert after["dice"] > before["dice"] + 0.05, (before["dice"], after["dice"])
-    for tissue in ("grey_matter", "white_matter"):
-        assert after[f"dice/{tissue}"] > before[f"dice/{tissue}"]
-        assert f"step 0 (test): mean Dice {before['dice']:.4f}" in result.stdout
+    reference = compare_methods.labelled_reference(MedSATrainingArguments(cache_dir=dataset_cache))
+    assert after["dice"] > before["dice"] + 0.2, (before["dice"], after["dice"])
+    assert after["dice"] > reference["dice"] + 0.1, (reference["dice"], after["dice"])
+    assert after["dice/white_matter"] == after["dice"]  # the demo's one class
+    assert f"step 0 (test): mean Dice {before['dice']:.4f}" in result.stdout
     assert Image.open(run / "overlay.png").size[0] >= 384
     assert (run / "adapter" / "adapter_model.safetensors").exists()
 
@@ -173,7 +175,7 @@ def test_push_to_hub_uploads_a_folder_that_loads(tiny_sam_dir, dataset_cache, tm
         "adapter_model.safetensors",
     ]
     card = (uploaded / "README.md").read_text()
-    assert "mni152" in card and "points:3" in card and "| grey_matter |" in card and "library_name: peft" in card
+    assert "mni152" in card and "points:3" in card and "| white_matter |" in card and "library_name: peft" in card
     assert f"{metrics['after']['dice']:.4f}" in card
     metadata = yaml.safe_load(card.split("---")[1])
     assert metadata["license"] == "apache-2.0" and metadata["metrics"] == ["dice", "iou", "hd95"]
