@@ -65,7 +65,8 @@ def main() -> None:
     print(f"{data.name} ({data.evaluation_split}), Dice after n clicks ({fed_back} input_masks), mean over volumes\n")
     print("| model | clicks | " + " | ".join(classes) + " | mean |")
     print("|---|---:|" + "---:|" * (len(classes) + 1))
-    for name, evaluations in (("SAM (adapter off)", untrained), ("Med-SA", adapted)):
+    adapter = f"SAM + {model.active_peft_config.peft_type.value} adapter"  # MEDSA or LORA
+    for name, evaluations in (("SAM (adapter off)", untrained), (adapter, adapted)):
         for count, evaluation in evaluations.items():
             values = [evaluation.summary[f"dice/{name_}"] for name_ in classes] + [evaluation.summary["dice"]]
             print(f"| {name} | {count} | " + " | ".join(f"{value:.4f}" for value in values) + " |")

@@ -427,5 +427,6 @@ def test_evaluate_clicks_scores_the_demo_class_or_the_classes_asked_for(sam, tmp
     header, _, *rows = [line for line in result.stdout.splitlines() if line.startswith("|")]
     assert header == "| model | clicks | " + " | ".join(columns) + " | mean |"
     assert [row.split(" | ")[:2] for row in rows] == [
-        ["| SAM (adapter off)", "1"], ["| SAM (adapter off)", "2"], ["| Med-SA", "1"], ["| Med-SA", "2"]
+        ["| SAM (adapter off)", "1"], ["| SAM (adapter off)", "2"], ["| SAM + MEDSA adapter", "1"],
+        ["| SAM + MEDSA adapter", "2"],
     ]
