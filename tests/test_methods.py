@@ -23,7 +23,6 @@ from medsa_peft.training import MedSATrainingArguments, train
 from medsa_peft.training.methods import count_trainable, trainable_model, trains_unused_parameters
 
 
-
 def quick_training(tiny_sam_dir, dataset_cache, output_dir, **overrides) -> MedSATrainingArguments:
     """Two steps in this process, scored on two cases."""
     return helpers.quick_training(
