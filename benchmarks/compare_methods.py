@@ -46,7 +46,8 @@ import torch
 from transformers import HfArgumentParser
 
 from medsa_peft.data.examples import decode_example
-from medsa_peft.evaluation.metrics import mask_scores, summarize
+from medsa_peft.evaluation.metrics import summarize
+from medsa_peft.evaluation.scoring import case_scores
 from medsa_peft.files import atomic_path, write_json
 from medsa_peft.training import MedSATrainingArguments, train
 from medsa_peft.training.arguments import METHODS
@@ -151,10 +152,7 @@ def labelled_reference(arguments: MedSATrainingArguments) -> dict[str, float] | 
                 continue
             cases += 1
             informative |= not np.array_equal(labelled, truth)
-            prediction, spacing = labelled, decoded.spacing
-            if truth.shape[2] == 1:  # a 2D image is scored in 2D, as evaluation does
-                prediction, truth, spacing = labelled[..., 0], truth[..., 0], spacing[:2]
-            per_volume[decoded.id][class_name] = mask_scores(prediction, truth, spacing)
+            per_volume[decoded.id][class_name] = case_scores(labelled, truth, decoded.spacing)
     return summarize(list(per_volume.values())) if informative else None
 
 

@@ -7,6 +7,13 @@ __all__, __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         ".metrics": ["SegmentationMetrics", "dice", "hd95", "iou", "mask_scores", "summarize", "volume_scores"],
-        ".scoring": ["Evaluation", "EvaluationCase", "evaluate_interactive", "evaluate_model", "evaluation_cases"],
+        ".scoring": [
+            "Evaluation",
+            "EvaluationCase",
+            "case_scores",
+            "evaluate_interactive",
+            "evaluate_model",
+            "evaluation_cases",
+        ],
     },
 )

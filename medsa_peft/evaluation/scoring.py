@@ -25,7 +25,14 @@ from ..inference.predictor import MedSAPredictor
 from ..overlay import class_colour, figure, overlay, radiological
 from .metrics import MaskScores, mask_scores, summarize
 
-__all__ = ["Evaluation", "EvaluationCase", "evaluate_interactive", "evaluate_model", "evaluation_cases"]
+__all__ = [
+    "Evaluation",
+    "EvaluationCase",
+    "case_scores",
+    "evaluate_interactive",
+    "evaluate_model",
+    "evaluation_cases",
+]
 
 SHOWCASE_MIN_SIZE = 384
 
@@ -77,6 +84,14 @@ def evaluation_cases(
             for index, slice_prompt in zip(present, prompt.slice_prompts(np.moveaxis(truth[:, :, present], 2, 0), rng)):
                 prompts[index] = slice_prompt
             yield EvaluationCase(decoded.id, class_name, slices, prompts, truth, decoded.spacing)
+
+
+def case_scores(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> MaskScores:
+    """`mask_scores` of a case's (H, W, D) bool prediction and truth with its (3,) spacing; a 2D image (D = 1) is
+    scored in 2D, since as a one-slice volume all of it would be surface for HD95."""
+    if truth.shape[2] == 1:
+        return mask_scores(prediction[..., 0], truth[..., 0], spacing[:2])
+    return mask_scores(prediction, truth, spacing)
 
 
 class _Showcase:
@@ -181,11 +196,8 @@ def evaluate_model(
             bar.update()
         logits = predictor.predict_logits(case.slices, case.prompts)
         prediction = (logits > 0).permute(1, 2, 0).numpy()
-        truth, spacing = case.truth, case.spacing
-        if truth.shape[2] == 1:  # a 2D image: score it in 2D (a one-slice volume would be all surface for HD95)
-            prediction, truth, spacing = prediction[..., 0], truth[..., 0], spacing[:2]
-        per_volume[case.id][case.class_name] = mask_scores(prediction, truth, spacing)
-        showcase.add(case, (logits > 0).permute(1, 2, 0).numpy())
+        per_volume[case.id][case.class_name] = case_scores(prediction, case.truth, case.spacing)
+        showcase.add(case, prediction)
     bar.close()
     model.train(was_training)
     if not per_volume:
@@ -255,10 +267,8 @@ def evaluate_interactive(
                     again = [index for index, prompt in enumerate(clicked) if prompt is not None]
                     prediction[again], low_res[again] = masks.logits[again, 0] > 0, masks.low_res[again, 0]
             if count in per_volume:
-                scored, reference, spacing = prediction.permute(1, 2, 0).numpy(), case.truth, case.spacing
-                if reference.shape[2] == 1:  # a 2D image: scored in 2D, as evaluate_model does
-                    scored, reference, spacing = scored[..., 0], reference[..., 0], spacing[:2]
-                per_volume[count][case.id][case.class_name] = mask_scores(scored, reference, spacing)
+                scored = prediction.permute(1, 2, 0).numpy()
+                per_volume[count][case.id][case.class_name] = case_scores(scored, case.truth, case.spacing)
     bar.close()
     model.train(was_training)
     if not seen:
